@@ -1,0 +1,41 @@
+# SPDX-License-Identifier: Apache-2.0
+# Copyright The wsengine authors
+"""wsengine: a thread-based WebSocket client engine built out of callbacks."""
+
+import logging
+
+from wsengine.adapters.base import ConnectionAdapter
+from wsengine.errors import (
+    ConfigError,
+    ConnectionClosedError,
+    EngineStartError,
+    EngineStateError,
+    WsEngineError,
+)
+from wsengine.types import (
+    CloseMessage,
+    EngineState,
+    HandshakeResponse,
+    Message,
+    MessageType,
+    StatusCode,
+)
+from wsengine.version import __version__
+
+__all__ = [
+    "CloseMessage",
+    "ConfigError",
+    "ConnectionAdapter",
+    "ConnectionClosedError",
+    "EngineStartError",
+    "EngineState",
+    "EngineStateError",
+    "HandshakeResponse",
+    "Message",
+    "MessageType",
+    "StatusCode",
+    "WsEngineError",
+    "__version__",
+]
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())
