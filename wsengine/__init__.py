@@ -5,6 +5,9 @@
 import logging
 
 from wsengine.adapters.base import ConnectionAdapter
+from wsengine.client import WebsocketClient
+from wsengine.config import EngineConfig
+from wsengine.engine import WebsocketEngine
 from wsengine.errors import (
     ConfigError,
     ConnectionClosedError,
@@ -12,6 +15,7 @@ from wsengine.errors import (
     EngineStateError,
     WsEngineError,
 )
+from wsengine.session import Session
 from wsengine.types import (
     CloseMessage,
     EngineState,
@@ -27,13 +31,17 @@ __all__ = [
     "ConfigError",
     "ConnectionAdapter",
     "ConnectionClosedError",
+    "EngineConfig",
     "EngineStartError",
     "EngineState",
     "EngineStateError",
     "HandshakeResponse",
     "Message",
     "MessageType",
+    "Session",
     "StatusCode",
+    "WebsocketClient",
+    "WebsocketEngine",
     "WsEngineError",
     "__version__",
 ]

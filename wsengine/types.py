@@ -63,7 +63,9 @@ def is_sendable_close_code(code: int) -> bool:
     return code in _SENDABLE_CODES or 3000 <= code <= 4999
 
 
-_SENDABLE_CODES = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014})
+_SENDABLE_CODES = frozenset(
+    {1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014}
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -106,6 +106,7 @@ class ConnectionAdapter(ABC):
 
     def wake_reader(self) -> None:
         """Make a ``wait_readable`` blocked in another thread return now. Default: no-op."""
+        return None
 
     def read_available(self, max_messages: int) -> list[Message]:
         """Return up to ``max_messages`` messages obtainable without waiting long.

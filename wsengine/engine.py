@@ -1,0 +1,823 @@
+# SPDX-License-Identifier: Apache-2.0
+# Copyright The wsengine authors
+"""WebsocketEngine: owns a connection, its workers, reconnects and keepalive.
+
+Threads of one running engine (all daemon, all named ``wsengine-...``):
+
+- the supervisor (``wsengine-supervisor-N``): dials, runs ``on_open``/``on_close`` and
+  ``on_restart_error``, keeps the connection alive (keepalive pings), closes sessions and
+  reconnects. It ends when the engine stops for good.
+- the workers of the current session (``wsengine-worker-N-i``, see ``_dispatch``): read
+  and run ``on_message``. They end with their session.
+
+``stop()`` never takes the pause lock, and never waits for the thread that calls it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import math
+import random
+import secrets
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeoutError
+from types import TracebackType
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.metrics import MeterProvider
+
+from wsengine._dispatch import Dispatcher, stuck_callbacks
+from wsengine._reconnect import backoff_delay, is_fatal_status, retry_wait
+from wsengine._url import redact_url, url_target, validate_url
+from wsengine.adapters.base import ConnectionAdapter
+from wsengine.client import WebsocketClient
+from wsengine.config import EngineConfig
+from wsengine.errors import (
+    ConfigError,
+    ConnectionClosedError,
+    EngineStartError,
+    EngineStateError,
+    HandshakeError,
+)
+from wsengine.session import EndKind, Session, SessionEnd
+from wsengine.telemetry import (
+    SPAN_CLOSE,
+    SPAN_DIAL,
+    SPAN_RECEIVE,
+    SPAN_RESTART,
+    SPAN_SESSION,
+    SPAN_START,
+    SPAN_STOP,
+    AttributeValue,
+    Telemetry,
+    mark_error,
+)
+from wsengine.types import (
+    CloseMessage,
+    EngineState,
+    Message,
+    is_sendable_close_code,
+)
+
+__all__ = ["UrlSource", "WebsocketEngine"]
+
+logger = logging.getLogger("wsengine")
+
+#: A URL, or a function returning one, called before every dial (fresh tokens).
+UrlSource = str | Callable[[], str]
+
+#: Seconds ``stop()`` waits for threads after aborting the socket, before it gives up on
+#: them (a callback that never returns) and reports them.
+ABORT_GRACE = 1.0
+
+_RUNNING_STATES = frozenset(
+    {EngineState.CONNECTING, EngineState.OPEN, EngineState.RECONNECTING, EngineState.CLOSING}
+)
+
+# Engines started and not yet stopped, stopped at interpreter exit. Weak, so the registry
+# keeps nothing alive; the engine's own threads keep a running engine alive.
+_running_engines: weakref.WeakSet[WebsocketEngine] = weakref.WeakSet()
+_run_numbers = iter(range(1, 2**63))
+
+
+def _stop_running_engines() -> None:
+    for engine in list(_running_engines):
+        try:
+            engine.stop()
+        except Exception:  # pragma: no cover - exit must go on
+            logger.exception("stopping an engine at interpreter exit failed")
+
+
+atexit.register(_stop_running_engines)
+
+
+class _Run:
+    """One cycle from ``start()`` to stopped for good."""
+
+    def __init__(self) -> None:
+        self.number = next(_run_numbers)
+        # Set by stop(), exit(), a fatal refusal or giving up; every wait of the supervisor
+        # ends on it. Never cleared: the next start() makes a new _Run.
+        self.stop_requested = threading.Event()
+        # Set once when the run is over (by the supervisor, or by stop() giving up on stuck
+        # threads); wait() and stop() wait on it.
+        self.stopped = threading.Event()
+        self.stop_deadline: float | None = None
+        self.abandoned = False  # start() timed out: what the supervisor opens late is closed
+        self.session: Session | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.threads: set[threading.Thread] = set()  # engine threads, to spot self-calls
+        self.interrupt: BaseException | None = None  # KeyboardInterrupt/SystemExit in a callback
+        self.attempt = 0  # backoff exponent k; back to 0 after a connection lived long enough
+        self.rng = random.Random()
+
+    def remaining(self, default: float | None) -> float | None:
+        """Seconds left before the stop deadline, or ``default`` when not stopping."""
+        if self.stop_deadline is None:
+            return default
+        return max(0.0, self.stop_deadline - time.monotonic())
+
+
+class WebsocketEngine:
+    """A WebSocket client that runs a :class:`WebsocketClient`'s callbacks on its threads.
+
+    Args:
+        url: ``ws://`` or ``wss://`` URL with a host, or a callable returning one, called
+            before every dial.
+        client: the callbacks.
+        adapter: the websocket library to use; default ``WebsocketClientAdapter()``.
+        config: default ``EngineConfig()``.
+        tracer_provider: OpenTelemetry tracer provider; default the global one.
+        meter_provider: OpenTelemetry meter provider; default the global one.
+
+    Raises:
+        ConfigError: a bad argument (the message names it; credentials are redacted).
+    """
+
+    def __init__(
+        self,
+        url: UrlSource,
+        client: WebsocketClient,
+        *,
+        adapter: ConnectionAdapter | None = None,
+        config: EngineConfig | None = None,
+        tracer_provider: trace.TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
+    ) -> None:
+        if callable(url):
+            self._url_source: UrlSource = url
+            self._display_url = f"<url from {getattr(url, '__qualname__', 'a callable')}>"
+        else:
+            self._url_source = validate_url(url)
+            self._display_url = redact_url(self._url_source)
+        if not isinstance(client, WebsocketClient):
+            raise ConfigError(f"client must be a WebsocketClient, got {type(client).__name__}")
+        if adapter is None:
+            from wsengine.adapters.websocket_client import WebsocketClientAdapter
+
+            adapter = WebsocketClientAdapter()
+        elif not isinstance(adapter, ConnectionAdapter):
+            raise ConfigError(f"adapter must be a ConnectionAdapter, got {type(adapter).__name__}")
+        if config is None:
+            config = EngineConfig()
+        elif not isinstance(config, EngineConfig):
+            raise ConfigError(f"config must be an EngineConfig, got {type(config).__name__}")
+        if tracer_provider is not None and not isinstance(tracer_provider, trace.TracerProvider):
+            raise ConfigError(
+                f"tracer_provider must be a TracerProvider, got {type(tracer_provider).__name__}"
+            )
+        if meter_provider is not None and not isinstance(meter_provider, MeterProvider):
+            raise ConfigError(
+                f"meter_provider must be a MeterProvider, got {type(meter_provider).__name__}"
+            )
+        self._client = client
+        self._adapter = adapter
+        self._config = config
+        self._telemetry = Telemetry(tracer_provider, meter_provider)
+        #: Hold it (``with engine.pause_lock:``) to stop the engine reading, e.g. to read
+        #: ``session.conn`` by hand. The engine's reader holds it only around non-blocking
+        #: reads; stop() never needs it.
+        self.pause_lock = threading.RLock()
+        # Guards _state, _session and _run (and a run's session/abandoned fields); held for
+        # a few statements by start(), stop(), the supervisor and session ends.
+        self._state_lock = threading.Lock()
+        self._state = EngineState.IDLE
+        self._session: Session | None = None
+        self._run: _Run | None = None
+
+    def __repr__(self) -> str:
+        return f"<WebsocketEngine {self._display_url} {self._state.name}>"
+
+    @property
+    def state(self) -> EngineState:
+        """Where the engine is in its life."""
+        return self._state
+
+    @property
+    def running(self) -> bool:
+        """True from ``start()`` until the engine has stopped for good."""
+        return self._state in _RUNNING_STATES
+
+    @property
+    def session(self) -> Session | None:
+        """The open session, or None (also while ``on_open`` runs)."""
+        return self._session
+
+    @property
+    def config(self) -> EngineConfig:
+        """The engine's configuration."""
+        return self._config
+
+    @property
+    def adapter(self) -> ConnectionAdapter:
+        """The adapter serving the connection."""
+        return self._adapter
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def start(self, timeout: float | None = None) -> None:
+        """Connect, run ``on_open``, start the workers, then return.
+
+        Blocks the caller for at most ``timeout`` seconds (default ``open_timeout``). A start
+        that fails or times out leaves nothing behind: if ``on_open`` returns late, its
+        connection is closed and no message is delivered.
+
+        Raises:
+            EngineStartError: dial, handshake or ``on_open`` failed or timed out
+                (the cause is ``__cause__``); no retry on a first start.
+            EngineStateError: the engine is already running.
+        """
+        limit = _check_timeout("start() timeout", timeout, self._config.open_timeout)
+        run = _Run()
+        with self._state_lock:
+            if self._state in _RUNNING_STATES:
+                raise EngineStateError(f"start() on a running engine ({self._state.name})")
+            previous = self._run
+            self._run = run
+            self._state = EngineState.CONNECTING
+            self._session = None
+        if previous is not None:
+            # A stop that gave up on a stuck thread may leave it; it must not share the
+            # adapter with the new connection.
+            for thread in previous.threads:
+                if thread.is_alive() and thread is not threading.current_thread():
+                    thread.join(ABORT_GRACE)
+        opened: Future[Session] = Future()
+        with self._telemetry.operation(SPAN_START, self._target_attributes()):
+            supervisor = threading.Thread(
+                target=self._supervise,
+                args=(run, opened, otel_context.get_current()),
+                name=f"wsengine-supervisor-{run.number}",
+                daemon=True,  # a stuck callback must not block interpreter exit
+            )
+            run.threads.add(supervisor)
+            _running_engines.add(self)
+            supervisor.start()
+            try:
+                opened.result(timeout=limit)
+            except FutureTimeoutError:
+                with self._state_lock:
+                    late = run.session is None
+                    run.abandoned = late
+                if late:
+                    self._abandon(run)
+                    raise EngineStartError(
+                        f"start() timed out after {limit} s connecting to {self._display_url}"
+                    ) from TimeoutError(f"open_timeout of {limit} s passed")
+            except BaseException as error:
+                supervisor.join(ABORT_GRACE)
+                raise EngineStartError(
+                    f"start() failed connecting to {self._display_url}: "
+                    f"{type(error).__name__}: {_safe(error, self._display_url)}"
+                ) from error
+
+    def _abandon(self, run: _Run) -> None:
+        """Give up on a start that timed out; the supervisor closes what it opens late."""
+        run.stop_requested.set()
+        self._adapter.abort()
+        self._finish_run(run)
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop for good: read no more frames, deliver those already read, run
+        ``on_close``, send the close frame, end the threads.
+
+        Blocks up to ``timeout`` seconds (default ``stop_timeout``; None: no limit), then
+        aborts the socket and reports callbacks that did not return. Idempotent; a no-op
+        before ``start()``; safe from any thread, from a callback (it then returns at once
+        without waiting for itself), and while another thread holds the pause lock (it
+        never takes it).
+        """
+        limit = _check_timeout("stop() timeout", timeout, self._config.stop_timeout)
+        with self._state_lock:
+            run = self._run
+            if run is None or run.stopped.is_set():
+                return
+            run.stop_requested.set()
+            if run.stop_deadline is None:
+                run.stop_deadline = time.monotonic() + (math.inf if limit is None else limit)
+            session = run.session
+            if self._state in _RUNNING_STATES:
+                self._state = EngineState.CLOSING
+        with self._telemetry.operation(SPAN_STOP, self._target_attributes()):
+            if session is not None:
+                session.end(SessionEnd(EndKind.STOP))
+            if threading.current_thread() in run.threads:
+                return
+            if run.stopped.wait(limit):
+                self._join_supervisor(run)
+                return
+            # Past the deadline: drop the connection so that blocked I/O returns.
+            self._adapter.abort()
+            if run.stopped.wait(ABORT_GRACE):
+                self._join_supervisor(run)
+                return
+            stuck = [t for t in run.threads if t.is_alive()]
+            logger.warning(
+                "stop() gave up after %s s; still running: %s. Those daemon threads are "
+                "left behind and will not block interpreter exit.",
+                limit, ", ".join(stuck_callbacks(stuck)) or "nothing",
+            )
+            self._finish_run(run)
+
+    @staticmethod
+    def _join_supervisor(run: _Run) -> None:
+        for thread in run.threads:
+            if thread.name.startswith("wsengine-supervisor") and thread.is_alive():
+                thread.join(ABORT_GRACE)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the engine has stopped for good; True if it has.
+
+        Raises:
+            EngineStateError: called from an engine thread without a timeout (it would wait
+                for itself).
+        """
+        run = self._run
+        if run is None:
+            return True
+        if timeout is None and threading.current_thread() in run.threads:
+            raise EngineStateError("wait() from an engine thread would wait for itself")
+        return run.stopped.wait(timeout)
+
+    def run_forever(self) -> None:
+        """``start()``, then ``wait()``. Ctrl-C stops gracefully and returns normally.
+
+        Raises:
+            EngineStartError: as ``start()``.
+            KeyboardInterrupt, SystemExit: a callback raised it (the engine stopped first).
+        """
+        self.start()
+        try:
+            self.wait()
+        except KeyboardInterrupt:
+            logger.info("interrupted: stopping")
+            self.stop()
+            return
+        run = self._run
+        if run is not None and run.interrupt is not None:
+            raise run.interrupt
+
+    def send(self, data: str | bytes) -> None:
+        """Send on the current session: TEXT for ``str``, BINARY for ``bytes``.
+
+        Raises:
+            EngineStateError: no open session (also while ``on_open`` runs).
+            ConnectionClosedError: the connection closed meanwhile.
+            TypeError: ``data`` is neither str nor bytes.
+        """
+        session = self._session
+        if session is None or self._state is not EngineState.OPEN:
+            raise EngineStateError(f"send() with no open session ({self._state.name})")
+        session.send(data)
+
+    def __enter__(self) -> WebsocketEngine:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- the supervisor ---------------------------------------------------------------
+
+    def _supervise(self, run: _Run, opened: Future[Session], ctx: otel_context.Context) -> None:
+        token = otel_context.attach(ctx)
+        try:
+            try:
+                first = self._open(run, restarting=False)
+            except BaseException as error:
+                opened.set_exception(error)
+                return
+            if first is None:
+                return
+            opened.set_result(first)
+            session: Session | None = first
+            while session is not None:
+                end = self._serve(run, session)
+                self._close_session(run, session, end)
+                session = self._next_session(run, session, end)
+        except BaseException:  # pragma: no cover - a bug: report it, never die silently
+            logger.critical("wsengine supervisor crashed", exc_info=True)
+        finally:
+            otel_context.detach(token)
+            self._finish_run(run)
+
+    def _finish_run(self, run: _Run) -> None:
+        with self._state_lock:
+            current = self._run is run
+            if current:
+                self._state = EngineState.STOPPED
+                self._session = None
+        run.stopped.set()
+        if current:
+            _running_engines.discard(self)
+
+    def _open(self, run: _Run, *, restarting: bool) -> Session | None:
+        """Dial, run ``on_open`` and start the workers; None if the run was abandoned.
+
+        Raises:
+            Exception: dial, handshake or ``on_open`` failed (the connection is closed).
+        """
+        url = self._resolve_url()
+        started = time.monotonic()
+        with self._telemetry.operation(SPAN_DIAL, self._target_attributes(url)):
+            response = self._adapter.dial(url, self._config.open_timeout)
+        if run.abandoned:
+            self._adapter.abort()
+            return None
+        session = Session(
+            secrets.token_hex(8), self._adapter, self.pause_lock,
+            lambda ended, how: self._session_ended(run, ended, how),
+        )
+        attributes = self._target_attributes(url)
+        attributes["wsengine.session.id"] = session.id
+        span = self._telemetry.tracer.start_span(SPAN_SESSION, attributes=attributes)
+        session_ctx = trace.set_span_in_context(span)
+        session.span = span
+        session.otel_ctx = session_ctx
+        try:
+            self._in_session(
+                session, "on_open", self._client.on_open, session, response, restarting
+            )
+            limit = self._config.open_timeout
+            if restarting and limit is not None and time.monotonic() - started > limit:
+                raise TimeoutError(f"on_open outlasted open_timeout ({limit} s)")
+        except BaseException as error:
+            self._fail_open(session, error)
+            raise
+        with self._state_lock:
+            if run.abandoned:
+                publish = False
+            else:
+                publish = True
+                run.session = session
+                self._session = session
+                if self._state is not EngineState.CLOSING:
+                    self._state = EngineState.OPEN
+            stopping = run.stop_requested.is_set()
+        if not publish:
+            # start() gave up on us: close what we opened; nobody is told it is open.
+            self._close_quietly(session, 1001, "start() timed out")
+            return None
+        if stopping:
+            session.end(SessionEnd(EndKind.STOP))
+        if not session.ended.is_set():
+            self._start_workers(run, session, session_ctx)
+        return session
+
+    def _start_workers(
+        self, run: _Run, session: Session, session_ctx: otel_context.Context
+    ) -> None:
+        dispatcher = Dispatcher(
+            session.conn, self.pause_lock,
+            workers=self._config.workers,
+            queue_size=self._config.queue_size,
+            deliver=self._make_deliver(run, session),
+            read_error=lambda error: self._read_error(run, session, error),
+            lost=lambda error: self._lost(session, error),
+            name=f"wsengine-worker-{run.number}",
+            otel_ctx=session_ctx,
+        )
+        with self._state_lock:
+            run.dispatcher = dispatcher
+        early, session._early = session._early, []
+        dispatcher.start(early)
+        run.threads.update(dispatcher.threads)
+        session._worker_idents = frozenset(t.ident for t in dispatcher.threads if t.ident)
+        session._serving = True
+
+    def _fail_open(self, session: Session, error: BaseException) -> None:
+        """on_open raised: the connection goes with a 1011 (best effort)."""
+        session.end(SessionEnd(EndKind.LOST, CloseMessage(1011, "on_open failed")))
+        session.mark_closed()
+        self._close_quietly(session, 1011, "on_open failed")
+        mark_error(session.span, error)
+        session.span.end()
+
+    def _close_quietly(self, session: Session, code: int, reason: str) -> None:
+        try:
+            session.conn.close(code, reason, timeout=min(1.0, self._config.stop_timeout or 1.0))
+        except Exception:
+            session.conn.abort()
+
+    def _session_ended(self, run: _Run, session: Session, how: SessionEnd) -> None:
+        """Called once per session, from whichever thread ended it: stop its reader."""
+        if how.kind is EndKind.EXIT:
+            run.stop_requested.set()
+        dispatcher = run.dispatcher
+        if dispatcher is not None and run.session is session:
+            dispatcher.drain()
+
+    def _serve(self, run: _Run, session: Session) -> SessionEnd:
+        """Wait until the session ends, sending keepalive pings meanwhile."""
+        interval = self._config.ping_interval
+        timeout = self._config.ping_timeout
+        if interval is None or timeout is None:
+            session.ended.wait()
+        else:
+            while not session.ended.wait(interval if timeout >= interval else interval - timeout):
+                if self._keepalive_failed(run, session, timeout):
+                    session.end(SessionEnd(EndKind.LOST, CloseMessage(1006, "keepalive timeout")))
+                    session.conn.abort()
+        end = session.end_reason
+        assert end is not None
+        return end
+
+    def _keepalive_failed(self, run: _Run, session: Session, timeout: float) -> bool:
+        """Ping, then wait ``timeout``; True if the peer is dead by then.
+
+        Suspended while a user holds the pause lock: frames then sit unread, which says
+        nothing about the peer.
+        """
+        if self._paused():
+            return False
+        sent = time.monotonic()
+        try:
+            session.conn.ping()
+        except ConnectionClosedError:
+            return False  # the reader reports the closed connection itself
+        except Exception:
+            logger.warning("keepalive ping failed", exc_info=True)
+            return False
+        if session.ended.wait(timeout):
+            return False
+        conn = session.conn
+        if conn.last_received >= sent:
+            return False
+        dispatcher = run.dispatcher
+        reading = dispatcher is not None and dispatcher.waiting_for_data
+        # Not dead if a user paused us, the workers are busy (nobody reads), or bytes wait.
+        return reading and not self._paused() and not conn.has_pending_data()
+
+    def _paused(self) -> bool:
+        if self.pause_lock.acquire(blocking=False):
+            self.pause_lock.release()
+            return False
+        return True
+
+    def _close_session(self, run: _Run, session: Session, end: SessionEnd) -> None:
+        """Deliver what was read, run ``on_close``, close the connection, end the span."""
+        stopping = end.kind in (EndKind.STOP, EndKind.EXIT) or run.stop_requested.is_set()
+        with self._state_lock:
+            if self._run is run and self._state in _RUNNING_STATES:
+                self._state = EngineState.CLOSING if stopping else EngineState.RECONNECTING
+        budget = self._config.stop_timeout
+        deadline = None if budget is None else time.monotonic() + budget
+        dispatcher = run.dispatcher
+        if dispatcher is not None:
+            dispatcher.drain()
+            stuck = dispatcher.join(_until(run, deadline))
+            if stuck:
+                logger.warning(
+                    "workers still busy after %s s: %s; they are left behind",
+                    budget, ", ".join(stuck_callbacks(stuck)),
+                )
+        run.dispatcher = None
+        answer = self._in_session(session, "on_close", self._client.on_close, session, end.close)
+        if end.close is None:
+            default = 1001 if end.kind is EndKind.RESTART else 1000
+            frame = _close_frame(answer, default)
+            with self._telemetry.operation(
+                SPAN_CLOSE, {"wsengine.close.code": frame.code, "wsengine.session.id": session.id}
+            ):
+                try:
+                    session.conn.close(frame.code, frame.reason, timeout=_until(run, deadline))
+                except Exception as error:
+                    session.conn.abort()
+                    self._in_session(session, "on_close_error", self._client.on_close_error, error)
+        elif end.close.code == 1006:
+            session.conn.abort()
+        else:
+            try:
+                session.conn.close(timeout=_until(run, deadline))
+            except Exception as error:
+                session.conn.abort()
+                self._in_session(session, "on_close_error", self._client.on_close_error, error)
+        session.mark_closed()
+        with self._state_lock:
+            if self._session is session:
+                self._session = None
+            run.session = None
+        span = session.span
+        if end.close is not None and span.is_recording():
+            span.set_attribute("wsengine.close.code", end.close.code)
+        span.end()
+
+    def _next_session(self, run: _Run, previous: Session, end: SessionEnd) -> Session | None:
+        """Reconnect when the policy says so; None when the engine stops."""
+        if run.stop_requested.is_set() or end.kind in (EndKind.STOP, EndKind.EXIT):
+            return None
+        if end.kind is EndKind.LOST and not self._config.auto_reconnect:
+            return None
+        if time.monotonic() - previous.opened_at >= self._config.reconnect_reset_after:
+            run.attempt = 0
+        return self._reconnect(run)
+
+    def _reconnect(self, run: _Run) -> Session | None:
+        """Wait the backoff delay, dial, repeat on failure; None when the engine stops."""
+        config = self._config
+        failures = 0
+        retry_after: float | None = None
+        while True:
+            delay = retry_wait(
+                backoff_delay(config, run.attempt, run.rng), retry_after, config.reconnect_delay_max
+            )
+            run.attempt += 1
+            if run.stop_requested.wait(delay):
+                return None
+            exited = threading.Event()
+            attempt = {"wsengine.retry.count": failures}
+            with self._telemetry.operation(SPAN_RESTART, attempt) as span:
+                try:
+                    return self._open(run, restarting=True)
+                except Exception as error:
+                    failures += 1
+                    mark_error(span, error)
+                    fatal = isinstance(error, HandshakeError) and is_fatal_status(error.status)
+                    retry_after = error.retry_after if isinstance(error, HandshakeError) else None
+                    logger.info("reconnection attempt %d failed: %s", failures,
+                                _safe(error, self._display_url))
+                    self._call(
+                        "on_restart_error", self._client.on_restart_error,
+                        error, failures, exited.set,
+                    )
+            limit = config.reconnect_max_attempts
+            if exited.is_set() or fatal or (limit is not None and failures >= limit):
+                if fatal:
+                    logger.warning("handshake refused with a fatal status: giving up")
+                elif not exited.is_set():
+                    logger.warning("giving up after %d failed reconnection attempts", failures)
+                run.stop_requested.set()
+                return None
+
+    # -- callbacks ----------------------------------------------------------------------
+
+    def _make_deliver(self, run: _Run, session: Session) -> Callable[[Message], None]:
+        on_message = self._client.on_message
+        requests = session._requests  # mutated in place, never rebound
+        offer = session.offer
+        if not session.span.is_recording():
+
+            def deliver(message: Message) -> None:
+                if requests and offer(message):
+                    return
+                try:
+                    on_message(session, message)
+                except Exception:
+                    logger.exception("on_message raised; the engine goes on")
+                except BaseException as error:
+                    self._interrupted(run, "on_message", error)
+
+            return deliver
+
+        tracer = self._telemetry.tracer
+        callback = self._telemetry.callback
+
+        def deliver_traced(message: Message) -> None:
+            attributes: dict[str, AttributeValue] = {
+                "wsengine.message.type": message.type.name,
+                "wsengine.message.size": len(message.data),
+            }
+            with tracer.start_as_current_span(SPAN_RECEIVE, attributes=attributes):
+                if requests and offer(message):
+                    return
+                try:
+                    callback("on_message", on_message, session, message)
+                except Exception:
+                    logger.exception("on_message raised; the engine goes on")
+                except BaseException as error:
+                    self._interrupted(run, "on_message", error)
+
+        return deliver_traced
+
+    @staticmethod
+    def _lost(session: Session, error: ConnectionClosedError) -> None:
+        session.end(SessionEnd(EndKind.LOST, CloseMessage(error.code, error.reason)))
+
+    def _read_error(self, run: _Run, session: Session, error: Exception) -> None:
+        self._in_session(session, "on_read_error", self._client.on_read_error, session, error)
+
+    def _in_session(self, session: Session, name: str, function: Callable[..., object],
+                    *args: object) -> object:
+        """Run a callback with the session's span as parent (see ``_call``)."""
+        ctx = session.otel_ctx
+        token = otel_context.attach(ctx) if ctx is not None else None
+        try:
+            return self._call(name, function, *args, reraise=name == "on_open")
+        finally:
+            if token is not None:
+                otel_context.detach(token)
+
+    def _call(self, name: str, function: Callable[..., object], *args: object,
+              reraise: bool = False) -> object:
+        """Run a callback under its span; log what it raises (with the traceback) and go on.
+
+        KeyboardInterrupt and SystemExit stop the engine and reach ``run_forever``.
+        """
+        try:
+            return self._telemetry.callback(name, function, *args)
+        except Exception:
+            if reraise:
+                raise
+            logger.exception("%s raised; the engine goes on", name)
+        except BaseException as error:
+            run = self._run
+            if run is not None:
+                self._interrupted(run, name, error)
+            if reraise:
+                raise
+        return None
+
+    def _interrupted(self, run: _Run, name: str, error: BaseException) -> None:
+        logger.warning("%s raised %s: stopping the engine", name, type(error).__name__)
+        run.interrupt = error
+        threading.Thread(target=self.stop, name="wsengine-stopper", daemon=True).start()
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _resolve_url(self) -> str:
+        source = self._url_source
+        if callable(source):
+            return validate_url(source())
+        return source
+
+    def _target_attributes(self, url: str | None = None) -> dict[str, AttributeValue]:
+        if url is None:
+            source = self._url_source
+            if callable(source):
+                return {"network.protocol.name": "websocket"}
+            url = source
+        scheme, host, port = url_target(url)
+        return {
+            "server.address": host,
+            "server.port": port,
+            "url.full": redact_url(url),
+            "url.scheme": scheme,
+            "network.protocol.name": "websocket",
+            "network.transport": "tcp",
+        }
+
+    def queue_depth(self) -> int:
+        """Messages read but not yet taken by a worker (0 with no session)."""
+        run = self._run
+        dispatcher = run.dispatcher if run is not None else None
+        return dispatcher.depth if dispatcher is not None else 0
+
+
+def _until(run: _Run, deadline: float | None) -> float | None:
+    """Seconds to the nearer of ``deadline`` and the run's stop deadline."""
+    stop_left = run.remaining(None)
+    left = None if deadline is None else max(0.0, deadline - time.monotonic())
+    if stop_left is None:
+        return left
+    return stop_left if left is None else min(left, stop_left)
+
+
+def _close_frame(answer: object, default: int) -> CloseMessage:
+    """The close frame to send, from what ``on_close`` returned."""
+    if answer is None:
+        return CloseMessage(default)
+    if not isinstance(answer, CloseMessage):
+        logger.warning("on_close returned %s, not a CloseMessage: sending %d",
+                       type(answer).__name__, default)
+        return CloseMessage(default)
+    if not is_sendable_close_code(answer.code):
+        logger.warning("on_close asked for close code %r, which is not legal on the wire: "
+                       "sending %d", answer.code, default)
+        return CloseMessage(default, _cut_reason(answer.reason))
+    return CloseMessage(answer.code, _cut_reason(answer.reason))
+
+
+def _cut_reason(reason: str) -> str:
+    """Cut ``reason`` to at most 123 UTF-8 bytes, at a character boundary."""
+    encoded = reason.encode("utf-8", errors="replace")
+    if len(encoded) <= 123:
+        return reason
+    return encoded[:123].decode("utf-8", errors="ignore")
+
+
+def _check_timeout(name: str, value: float | None, default: float | None) -> float | None:
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (
+        math.isfinite(value) and value > 0
+    ):
+        raise ConfigError(f"{name} must be a positive number or None, got {value!r}")
+    return float(value)
+
+
+def _safe(error: BaseException, display_url: str) -> str:
+    """An error's text, with no URL credentials in it."""
+    text = str(error)
+    return text if "@" not in text and "?" not in text else f"(details hidden: {display_url})"
+
