@@ -1,0 +1,9 @@
+# SPDX-License-Identifier: Apache-2.0
+# Copyright The wsengine authors
+"""``python -m benchmarks``: run the throughput and pause-latency benchmark."""
+
+import sys
+
+from benchmarks.run import main
+
+sys.exit(main())

@@ -1,0 +1,304 @@
+# SPDX-License-Identifier: Apache-2.0
+# Copyright The wsengine authors
+"""Benchmark clients, one per process run::
+
+    python -m benchmarks.clients --client raw --url ws://127.0.0.1:PORT/ --count N
+    python -m benchmarks.clients --client wsengine-w1 --check
+    python -m benchmarks.clients --client wsengine-w1 --pause-samples 200 --url ...
+
+Each run prints one JSON line on stdout: ``{"client", "messages", "seconds", "last_size"}``
+for a throughput run (the clock starts before the connection is opened and stops at the
+``count``-th message), ``{"unavailable": reason}`` when the client's library cannot be
+imported, or ``{"error": reason}``. A watchdog ends the process after ``--timeout``
+seconds whatever happens, so no run outlives its budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import itertools
+import json
+import os
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["CLIENTS", "main"]
+
+#: A throughput run: (url, count) -> (messages, seconds, size of the last message).
+Runner = Callable[[str, int], tuple[int, float, int]]
+
+
+def _raw(url: str, count: int, **options: Any) -> tuple[int, float, int]:
+    import websocket
+
+    started = time.perf_counter()
+    # websocket-client defaults: a blocking socket, UTF-8 validated in pure Python unless
+    # wsaccel is installed.
+    ws = websocket.create_connection(url, **options)
+    try:
+        received = 0
+        last: str | bytes = b""
+        while received < count:
+            last = ws.recv()
+            if not last:  # "" is what recv() returns for the close frame
+                break
+            received += 1
+        elapsed = time.perf_counter() - started
+        while ws.recv():  # drain to the server's close; recv() answers it
+            pass
+    finally:
+        ws.shutdown()  # type: ignore[no-untyped-call]
+    return received, elapsed, len(last)
+
+
+def _wsapp(url: str, count: int) -> tuple[int, float, int]:
+    import websocket
+
+    state: dict[str, Any] = {"received": 0, "elapsed": 0.0, "last": 0}
+
+    def on_message(_ws: websocket.WebSocketApp, message: str | bytes) -> None:
+        state["received"] += 1
+        if state["received"] == count:
+            state["elapsed"] = time.perf_counter() - started
+            state["last"] = len(message)
+
+    app = websocket.WebSocketApp(url, on_message=on_message)
+    started = time.perf_counter()
+    app.run_forever()  # returns when the server closes
+    return state["received"], state["elapsed"], state["last"]
+
+
+def _websockets(url: str, count: int) -> tuple[int, float, int]:
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    started = time.perf_counter()
+    elapsed: float | None = None
+    received = 0
+    last: str | bytes = b""
+    with connect(url, max_size=None) as ws:
+        try:
+            while received < count:
+                last = ws.recv()
+                received += 1
+            elapsed = time.perf_counter() - started
+            while True:  # drain to the server's close
+                ws.recv(timeout=10)
+        except (ConnectionClosed, TimeoutError):
+            pass
+    if elapsed is None:
+        elapsed = time.perf_counter() - started
+    return received, elapsed, len(last)
+
+
+def _engine_parts(workers: int, adapter_name: str | None) -> tuple[Any, Any]:
+    """Import wsengine and build the adapter; raises ImportError if not available."""
+    from wsengine import EngineConfig
+
+    config = EngineConfig(workers=workers, auto_reconnect=False, ping_interval=None)
+    adapter = None
+    # Imported by name so that --check reports a missing adapter module as "not available".
+    if adapter_name is None:
+        importlib.import_module("wsengine.adapters.websocket_client")  # the default one
+    elif adapter_name == "websockets":
+        module = importlib.import_module("wsengine.adapters.websockets_sync")
+        adapter = module.WebsocketsAdapter(max_size=None)
+    return config, adapter
+
+
+class _Counting:
+    """Builds a WebsocketClient subclass whose on_message counts and signals the target."""
+
+    def __init__(self, target: int) -> None:
+        from wsengine import Message, Session, WebsocketClient
+
+        self.target = target
+        self.reached = threading.Event()
+        self.last_size = 0
+        self.reached_at = 0.0
+        # next() on itertools.count is atomic under the GIL: no lock on the hot path.
+        self.counter = itertools.count(1)
+        self.delivered = 0
+        outer = self
+
+        class Client(WebsocketClient):
+            def on_message(self, session: Session, message: Message) -> None:
+                n = next(outer.counter)
+                outer.delivered = n
+                if n == outer.target:
+                    outer.reached_at = time.perf_counter()
+                    outer.last_size = len(message.data)
+                    outer.reached.set()
+
+        self.client = Client()
+
+
+def _engine_runner(workers: int, adapter_name: str | None = None) -> Runner:
+    def run(url: str, count: int) -> tuple[int, float, int]:
+        from wsengine import WebsocketEngine
+
+        config, adapter = _engine_parts(workers, adapter_name)
+        counting = _Counting(count)
+        engine = WebsocketEngine(url, counting.client, adapter=adapter, config=config)
+        started = time.perf_counter()
+        engine.start(timeout=10)
+        try:
+            counting.reached.wait(_budget)
+        finally:
+            engine.stop(timeout=5)
+            engine.wait(5)
+        if not counting.reached.is_set():
+            return counting.delivered, time.perf_counter() - started, 0
+        return counting.delivered, counting.reached_at - started, counting.last_size
+    return run
+
+
+def _check_engine(workers: int, adapter_name: str | None = None) -> Callable[[], None]:
+    def check() -> None:
+        from wsengine import WebsocketEngine  # noqa: F401
+
+        _engine_parts(workers, adapter_name)
+    return check
+
+
+def _check_websocket_client() -> None:
+    import websocket  # noqa: F401
+
+
+def _check_websockets() -> None:
+    import websockets.sync.client  # noqa: F401
+
+
+#: name -> (throughput runner, import check, is a wsengine client)
+CLIENTS: dict[str, tuple[Runner, Callable[[], None], bool]] = {
+    "raw": (_raw, _check_websocket_client, False),
+    "raw-noutf8": (lambda url, count: _raw(url, count, skip_utf8_validation=True),
+                   _check_websocket_client, False),
+    "wsapp": (_wsapp, _check_websocket_client, False),
+    "websockets": (_websockets, _check_websockets, False),
+    "wsengine-w1": (_engine_runner(1), _check_engine(1), True),
+    "wsengine-w4": (_engine_runner(4), _check_engine(4), True),
+    "wsengine-ws": (_engine_runner(1, "websockets"), _check_engine(1, "websockets"), True),
+}
+
+#: Seconds a run may take; set from --timeout (the watchdog's limit, minus a margin).
+_budget = 60.0
+
+
+def _workers_and_adapter(name: str) -> tuple[int, str | None]:
+    return {"wsengine-w1": (1, None), "wsengine-w4": (4, None),
+            "wsengine-ws": (1, "websockets")}[name]
+
+
+def _pause_latency(name: str, url: str, samples: int, interval: float) -> dict[str, Any]:
+    """Time ``engine.pause_lock.acquire()`` ``samples`` times, ``interval`` apart."""
+    from wsengine import WebsocketEngine
+
+    workers, adapter_name = _workers_and_adapter(name)
+    config, adapter = _engine_parts(workers, adapter_name)
+    counting = _Counting(1000)  # "reached" once the flood is under way
+    engine = WebsocketEngine(url, counting.client, adapter=adapter, config=config)
+    spacing = threading.Event()  # never set: an interruptible stand-in for sleep
+    waits: list[float] = []
+    timeouts = 0
+    delivered_while_held = 0
+    engine.start(timeout=10)
+    try:
+        counting.reached.wait(0.5)  # against the silent server nothing comes: go on
+        for _ in range(samples):
+            spacing.wait(interval)
+            if not engine.running:
+                break
+            began = time.perf_counter()
+            acquired = engine.pause_lock.acquire(timeout=5)
+            waits.append(time.perf_counter() - began)
+            if not acquired:
+                timeouts += 1
+                continue
+            try:
+                before = counting.delivered
+                spacing.wait(0.001)  # hold briefly: does delivery really pause?
+                delivered_while_held += counting.delivered - before
+            finally:
+                engine.pause_lock.release()
+        still_running = engine.running
+    finally:
+        engine.stop(timeout=5)
+        engine.wait(5)
+    waits_ms = sorted(w * 1000 for w in waits)
+    if not waits_ms:
+        return {"error": "the engine stopped before any sample"}
+    quantiles = statistics.quantiles(waits_ms, n=100, method="inclusive")
+    return {
+        "client": name, "samples": len(waits_ms), "p50_ms": quantiles[49],
+        "p99_ms": quantiles[98], "max_ms": waits_ms[-1], "timeouts": timeouts,
+        "messages": counting.delivered, "delivered_while_held": delivered_while_held,
+        "running_to_the_end": still_running,
+    }
+
+
+def _start_watchdog(seconds: float) -> None:
+    def expire() -> None:
+        print(json.dumps({"error": f"watchdog: no result after {seconds:g} s"}), flush=True)
+        os._exit(3)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+
+
+def main(argv: list[str] | None = None) -> int:
+    global _budget
+    parser = argparse.ArgumentParser(description="one benchmark client run")
+    parser.add_argument("--client", choices=sorted(CLIENTS), required=True)
+    parser.add_argument("--url")
+    parser.add_argument("--count", type=int, default=10_000)
+    parser.add_argument("--timeout", type=float, default=60.0)
+    parser.add_argument("--check", action="store_true", help="only try the imports")
+    parser.add_argument("--pause-samples", type=int, default=0)
+    parser.add_argument("--pause-interval", type=float, default=0.005)
+    args = parser.parse_args(argv)
+    runner, check, is_engine = CLIENTS[args.client]
+    try:
+        check()
+    except ImportError as exc:
+        print(json.dumps({"unavailable": f"{type(exc).__name__}: {exc}"}), flush=True)
+        return 0
+    if args.check:
+        print(json.dumps({"available": True}), flush=True)
+        return 0
+    if not args.url:
+        parser.error("--url is required")
+    _budget = max(1.0, args.timeout - 5)
+    _start_watchdog(args.timeout)
+    try:
+        if args.pause_samples:
+            if not is_engine:
+                parser.error("--pause-samples needs a wsengine client")
+            result = _pause_latency(args.client, args.url, args.pause_samples,
+                                    args.pause_interval)
+        else:
+            messages, seconds, last_size = runner(args.url, args.count)
+            result = {"client": args.client, "messages": messages, "seconds": seconds,
+                      "last_size": last_size}
+    except ImportError as exc:  # a half-written package counts as not available
+        result = {"unavailable": f"{type(exc).__name__}: {exc}"}
+    except Exception as exc:  # reported to the parent, which shows it in the table
+        result = {"error": f"{type(exc).__name__}: {exc}"}
+    # Threads still alive now were not ended by the client's own shutdown: report them,
+    # then exit without waiting for them (a misbehaving library must not hang the run).
+    result["threads_left"] = sorted(
+        t.name for t in threading.enumerate()
+        if t is not threading.main_thread() and not isinstance(t, threading.Timer)
+    )
+    print(json.dumps(result), flush=True)
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
