@@ -399,6 +399,7 @@ class WebsocketEngine:
                 opened.set_exception(error)
                 return
             if first is None:
+                opened.set_exception(EngineStateError("stopped while starting"))
                 return
             opened.set_result(first)
             session: Session | None = first
@@ -432,7 +433,8 @@ class WebsocketEngine:
         started = time.monotonic()
         with self._telemetry.operation(SPAN_DIAL, self._target_attributes(url)):
             response = self._adapter.dial(url, self._config.open_timeout)
-        if run.abandoned:
+        if run.abandoned or run.stop_requested.is_set():
+            # start() gave up, or stop() came during the dial: nobody wants this connection.
             self._adapter.abort()
             return None
         session = Session(
