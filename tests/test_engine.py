@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import socket
 import threading
@@ -37,6 +38,11 @@ FAST = EngineConfig(
     stop_timeout=3.0,
     open_timeout=3.0,
 )
+
+
+def workers(count: int) -> EngineConfig:
+    """FAST with ``count`` workers."""
+    return dataclasses.replace(FAST, workers=count)
 
 
 class Recorder(WebsocketClient):
@@ -230,7 +236,7 @@ def test_on_message_runs_in_arrival_order_with_one_worker() -> None:
 
     client.on_message = counting  # type: ignore[method-assign]
     with run_ws_server(burst) as server:
-        engine = WebsocketEngine(server.url, client, config=EngineConfig(workers=1, ping_interval=None))
+        engine = WebsocketEngine(server.url, client, config=workers(1))
         engine.start()
         client.wait_until(lambda: len(client.messages) == 2000)
         engine.stop()
@@ -254,7 +260,7 @@ def test_workers_run_on_message_concurrently() -> None:
 
     client = Meeting()
     with run_ws_server(four) as server:
-        engine = WebsocketEngine(server.url, client, config=EngineConfig(workers=4, ping_interval=None))
+        engine = WebsocketEngine(server.url, client, config=workers(4))
         engine.start()
         client.wait_until(lambda: len(client.messages) == 4)
         engine.stop()
@@ -273,7 +279,7 @@ def test_raising_on_message_is_logged_and_the_next_message_arrives(
             super().on_message(session, message)
 
     client = Raising()
-    with WebsocketEngine(echo.url, client, config=FAST.__class__(workers=1, ping_interval=None)) as engine:
+    with WebsocketEngine(echo.url, client, config=workers(1)) as engine:
         engine.send("boom")
         engine.send("fine")
         client.wait_until(lambda: len(client.messages) == 1)
@@ -319,7 +325,7 @@ def test_pause_lock_under_a_flood_stops_delivery_until_released() -> None:
 
     client = Recorder()
     with run_ws_server(flood) as server:
-        engine = WebsocketEngine(server.url, client, config=EngineConfig(workers=2, ping_interval=None))
+        engine = WebsocketEngine(server.url, client, config=workers(2))
         engine.start()
         client.wait_until(lambda: len(client.messages) > 100)
         waits = []
@@ -740,8 +746,8 @@ def test_wait_rules(echo: WsServer) -> None:
 def test_handshake_refusals_while_restarting() -> None:
     """A4: a 503 while restarting is retried (retry_count 1..N) until the server recovers;
     a 403 is fatal and stops the engine after on_restart_error."""
-    from websockets.http11 import Response
     from websockets.datastructures import Headers
+    from websockets.http11 import Response
 
     state = {"connections": 0, "refuse": 0, "status": 503}
 
@@ -775,7 +781,7 @@ def test_reconnect_gives_up_after_max_attempts() -> None:
     client = Recorder()
     server_cm = run_ws_server(echo_handler)
     server = server_cm.__enter__()
-    config = FAST.__class__(
+    config = EngineConfig(
         reconnect_delay_initial=0.01, reconnect_delay_max=0.02, ping_interval=None,
         reconnect_max_attempts=3,
     )
@@ -810,22 +816,25 @@ def test_stuck_on_message_does_not_block_stop(
 ) -> None:
     """C8: stop(timeout) returns in about that long and names the stuck callback."""
     release = threading.Event()
+    entered = threading.Event()
 
     class Stuck(Recorder):
         def on_message(self, session: Session, message: Message) -> None:
+            entered.set()
             release.wait(30)
 
-    engine = WebsocketEngine(echo.url, Stuck(), config=FAST.__class__(workers=1, ping_interval=None))
+    engine = WebsocketEngine(echo.url, Stuck(), config=workers(1))
     engine.start()
     engine.send("hang")
-    wait_for(lambda: engine.queue_depth() == 0)
+    assert entered.wait(5)
     began = time.monotonic()
     engine.stop(timeout=0.5)
     took = time.monotonic() - began
     release.set()
     assert took < 3.0
     assert engine.state is EngineState.STOPPED
-    assert any("on_message" in r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any("on_message" in warning for warning in warnings)
     wait_for(lambda: not engine_threads(), timeout=3)
 
 

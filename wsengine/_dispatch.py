@@ -194,15 +194,20 @@ class Dispatcher:
                 self._lost(exc)
                 return
             except Exception as exc:
+                error: Exception | None = exc
+            else:
+                error = None
+            finally:
                 pause_lock.release()
+            if error is not None:
                 errors_in_a_row += 1
                 if errors_in_a_row >= MAX_READ_ERRORS_IN_A_ROW:
                     self._draining = True
                     self._lost(ConnectionClosedError(1011, "repeated read errors"))
                     return
-                self._read_error(exc)
+                self._read_error(error)
                 continue
-            pause_lock.release()
+            errors_in_a_row = 0
             if batch:
                 self._ready.extend(batch)
                 return
