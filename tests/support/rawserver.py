@@ -15,6 +15,7 @@ import hashlib
 import os
 import select
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -88,9 +89,12 @@ class RawConnection:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise TimeoutError("no data from the client in time")
-        readable, _, _ = select.select([self.sock], [], [], remaining)
-        if not readable:
-            raise TimeoutError("no data from the client in time")
+        # Over TLS, decrypted bytes may wait in the SSL object where select() can't see them.
+        pending = isinstance(self.sock, ssl.SSLSocket) and self.sock.pending()
+        if not pending:
+            readable, _, _ = select.select([self.sock], [], [], remaining)
+            if not readable:
+                raise TimeoutError("no data from the client in time")
         data = self.sock.recv(65536)
         if not data:
             raise EOFError("the client closed the TCP connection")
@@ -238,6 +242,8 @@ class RawServer:
         response_extra: bytes sent right after the 101 response, in the same ``sendall``.
         extra_headers: raw header lines (each ending in CRLF) added to the 101 response.
         max_connections: connections accepted at most; later ones are closed at once.
+        ssl_context: serve TLS with this server context (the URL becomes ``wss://``); a
+            failed TLS handshake is recorded in ``tls_errors``, not raised.
     """
 
     def __init__(
@@ -248,16 +254,20 @@ class RawServer:
         response_extra: bytes = b"",
         extra_headers: bytes = b"",
         max_connections: int = 32,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self._script = script
         self._handshake = handshake
         self._response_extra = response_extra
         self._extra_headers = extra_headers
         self._max_connections = max_connections
+        self._ssl_context = ssl_context
         self.host = "127.0.0.1"
         self.listener = socket.create_server((self.host, 0))
         self.port: int = self.listener.getsockname()[1]
-        self.url = f"ws://{self.host}:{self.port}/"
+        self.url = f"{'wss' if ssl_context else 'ws'}://{self.host}:{self.port}/"
+        #: TLS handshakes that failed (the client refused the certificate, for instance).
+        self.tls_errors: list[BaseException] = []
         #: Every connection accepted, in order.
         self.connections: list[RawConnection] = []
         #: Exceptions raised by scripts.
@@ -331,15 +341,21 @@ class RawServer:
             thread.start()
 
     def _run_script(self, conn: RawConnection) -> None:
+        if self._ssl_context is not None:
+            try:
+                conn.sock = self._ssl_context.wrap_socket(conn.sock, server_side=True)
+            except OSError as error:
+                self.tls_errors.append(error)
+                conn.close()
+                return
         try:
             if self._handshake:
                 conn.handshake(self._response_extra, self._extra_headers)
             self._script(conn)
-        except (EOFError, OSError) as error:
-            # The client went away or the server is exiting: record, not crash the thread.
+        except BaseException as error:
+            # Once the server closed the connection on exit, the script's failure to use it
+            # is expected; anything before that is a real error, re-raised by __exit__.
             if not conn._closed:
                 self.errors.append(error)
-        except BaseException as error:
-            self.errors.append(error)
         finally:
             conn.close()

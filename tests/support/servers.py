@@ -48,12 +48,15 @@ def run_ws_server(handler: Handler, **serve_kwargs: Any) -> Iterator[WsServer]:
     """Run ``websockets.sync.server.serve(handler, "127.0.0.1", 0, **serve_kwargs)``.
 
     ``serve_forever`` runs in a thread; on exit the server is shut down (open connections
-    get a 1001 close) and the thread joined. Raises AssertionError if that takes longer than
+    get a 1001 close, and 1 s to answer unless ``close_timeout`` says otherwise) and the
+    thread joined. Raises AssertionError if that takes longer than
     ``SHUTDOWN_DEADLINE`` (a handler that never returns, for instance).
 
     With ``ssl=`` in ``serve_kwargs`` the URL is ``wss://``.
     """
     connections: list[ServerConnection] = []
+    # A client that stops reading must not hold shutdown() for websockets' default 10 s.
+    serve_kwargs.setdefault("close_timeout", 1.0)
 
     def recording_handler(ws: ServerConnection) -> None:
         connections.append(ws)
