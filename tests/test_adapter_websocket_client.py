@@ -13,7 +13,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -81,9 +81,11 @@ def test_http_403_raises_handshake_error_with_status(adapter: WebsocketClientAda
         response.headers["X-Secret"] = "hunter2"
         return response
 
-    with run_ws_server(echo_handler, process_request=refuse) as server:
-        with pytest.raises(HandshakeError) as info:
-            adapter.dial(server.url, 5)
+    with (
+        run_ws_server(echo_handler, process_request=refuse) as server,
+        pytest.raises(HandshakeError) as info,
+    ):
+        adapter.dial(server.url, 5)
     assert info.value.status == 403
     assert info.value.retry_after is None
     assert "hunter2" not in str(info.value)
@@ -98,25 +100,29 @@ def test_http_429_retry_after_seconds(adapter: WebsocketClientAdapter) -> None:
         response.headers["Retry-After"] = "7"
         return response
 
-    with run_ws_server(echo_handler, process_request=slow_down) as server:
-        with pytest.raises(HandshakeError) as info:
-            adapter.dial(server.url, 5)
+    with (
+        run_ws_server(echo_handler, process_request=slow_down) as server,
+        pytest.raises(HandshakeError) as info,
+    ):
+        adapter.dial(server.url, 5)
     assert info.value.status == 429
     assert info.value.retry_after == 7.0
 
 
 def test_http_503_retry_after_http_date(adapter: WebsocketClientAdapter) -> None:
     """Retry-After as an HTTP date on a 503 becomes the seconds until that date."""
-    when = datetime.now(timezone.utc) + timedelta(seconds=120)
+    when = datetime.now(UTC) + timedelta(seconds=120)
 
     def unavailable(conn: ServerConnection, request: Request) -> Response:
         response = conn.respond(503, "later")
         response.headers["Retry-After"] = email.utils.format_datetime(when, usegmt=True)
         return response
 
-    with run_ws_server(echo_handler, process_request=unavailable) as server:
-        with pytest.raises(HandshakeError) as info:
-            adapter.dial(server.url, 5)
+    with (
+        run_ws_server(echo_handler, process_request=unavailable) as server,
+        pytest.raises(HandshakeError) as info,
+    ):
+        adapter.dial(server.url, 5)
     assert info.value.status == 503
     assert info.value.retry_after is not None
     assert 100 <= info.value.retry_after <= 121
@@ -152,9 +158,11 @@ def test_bad_accept_key_is_a_handshake_error(adapter: WebsocketClientAdapter) ->
         )
         conn.wait_eof(5)
 
-    with RawServer(bad_accept, handshake=False) as server:
-        with pytest.raises(HandshakeError) as info:
-            adapter.dial(server.url, 5)
+    with (
+        RawServer(bad_accept, handshake=False) as server,
+        pytest.raises(HandshakeError) as info,
+    ):
+        adapter.dial(server.url, 5)
     assert info.value.status is None
 
 
@@ -166,9 +174,11 @@ def test_connection_dropped_mid_handshake(adapter: WebsocketClientAdapter) -> No
         conn.send_raw(b"HTTP/1.1 101 Switching")
         conn.close()
 
-    with RawServer(drop, handshake=False) as server:
-        with pytest.raises(HandshakeError) as info:
-            adapter.dial(server.url, 5)
+    with (
+        RawServer(drop, handshake=False) as server,
+        pytest.raises(HandshakeError) as info,
+    ):
+        adapter.dial(server.url, 5)
     assert info.value.status is None
 
 
