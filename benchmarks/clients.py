@@ -6,16 +6,18 @@
     python -m benchmarks.clients --client wsengine-w1 --check
     python -m benchmarks.clients --client wsengine-w1 --pause-samples 200 --url ...
 
-Each run prints one JSON line on stdout: ``{"client", "messages", "seconds", "last_size"}``
+Each run prints one JSON line on stdout: ``{"client", "messages", "seconds", "last"}``
 for a throughput run (the clock starts before the connection is opened and stops at the
-``count``-th message), ``{"unavailable": reason}`` when the client's library cannot be
-imported, or ``{"error": reason}``. A watchdog ends the process after ``--timeout``
-seconds whatever happens, so no run outlives its budget.
+``count``-th message; ``last`` describes that message so the parent can check it),
+``{"unavailable": reason}`` when the client's library cannot be imported, or
+``{"error": reason}``. A watchdog ends the process after ``--timeout`` seconds whatever
+happens, so no run outlives its budget.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib
 import itertools
 import json
@@ -29,11 +31,11 @@ from typing import Any
 
 __all__ = ["CLIENTS", "main"]
 
-#: A throughput run: (url, count) -> (messages, seconds, size of the last message).
-Runner = Callable[[str, int], tuple[int, float, int]]
+#: A throughput run: (url, count) -> (messages, seconds, the count-th message).
+Runner = Callable[[str, int], tuple[int, float, str | bytes]]
 
 
-def _raw(url: str, count: int, **options: Any) -> tuple[int, float, int]:
+def _raw(url: str, count: int, **options: Any) -> tuple[int, float, str | bytes]:
     import websocket
 
     started = time.perf_counter()
@@ -53,19 +55,19 @@ def _raw(url: str, count: int, **options: Any) -> tuple[int, float, int]:
             pass
     finally:
         ws.shutdown()  # type: ignore[no-untyped-call]
-    return received, elapsed, len(last)
+    return received, elapsed, last
 
 
-def _wsapp(url: str, count: int) -> tuple[int, float, int]:
+def _wsapp(url: str, count: int) -> tuple[int, float, str | bytes]:
     import websocket
 
-    state: dict[str, Any] = {"received": 0, "elapsed": 0.0, "last": 0}
+    state: dict[str, Any] = {"received": 0, "elapsed": 0.0, "last": b""}
 
     def on_message(_ws: websocket.WebSocketApp, message: str | bytes) -> None:
         state["received"] += 1
         if state["received"] == count:
             state["elapsed"] = time.perf_counter() - started
-            state["last"] = len(message)
+            state["last"] = message
 
     app = websocket.WebSocketApp(url, on_message=on_message)
     started = time.perf_counter()
@@ -73,7 +75,7 @@ def _wsapp(url: str, count: int) -> tuple[int, float, int]:
     return state["received"], state["elapsed"], state["last"]
 
 
-def _websockets(url: str, count: int) -> tuple[int, float, int]:
+def _websockets(url: str, count: int) -> tuple[int, float, str | bytes]:
     from websockets.exceptions import ConnectionClosed
     from websockets.sync.client import connect
 
@@ -93,7 +95,7 @@ def _websockets(url: str, count: int) -> tuple[int, float, int]:
             pass
     if elapsed is None:
         elapsed = time.perf_counter() - started
-    return received, elapsed, len(last)
+    return received, elapsed, last
 
 
 def _engine_parts(workers: int, adapter_name: str | None) -> tuple[Any, Any]:
@@ -119,7 +121,7 @@ class _Counting:
 
         self.target = target
         self.reached = threading.Event()
-        self.last_size = 0
+        self.last: str | bytes = b""
         self.reached_at = 0.0
         # next() on itertools.count is atomic under the GIL: no lock on the hot path.
         self.counter = itertools.count(1)
@@ -132,14 +134,14 @@ class _Counting:
                 outer.delivered = n
                 if n == outer.target:
                     outer.reached_at = time.perf_counter()
-                    outer.last_size = len(message.data)
+                    outer.last = message.data
                     outer.reached.set()
 
         self.client = Client()
 
 
 def _engine_runner(workers: int, adapter_name: str | None = None) -> Runner:
-    def run(url: str, count: int) -> tuple[int, float, int]:
+    def run(url: str, count: int) -> tuple[int, float, str | bytes]:
         from wsengine import WebsocketEngine
 
         config, adapter = _engine_parts(workers, adapter_name)
@@ -153,8 +155,9 @@ def _engine_runner(workers: int, adapter_name: str | None = None) -> Runner:
             engine.stop(timeout=5)
             engine.wait(5)
         if not counting.reached.is_set():
-            return counting.delivered, time.perf_counter() - started, 0
-        return counting.delivered, counting.reached_at - started, counting.last_size
+            return counting.delivered, time.perf_counter() - started, b""
+        # Not counting.delivered: with several workers its last write may be an earlier n.
+        return count, counting.reached_at - started, counting.last
     return run
 
 
@@ -207,6 +210,7 @@ def _pause_latency(name: str, url: str, samples: int, interval: float) -> dict[s
     waits: list[float] = []
     timeouts = 0
     delivered_while_held = 0
+    most_in_one_hold = 0
     engine.start(timeout=10)
     try:
         counting.reached.wait(0.5)  # against the silent server nothing comes: go on
@@ -223,7 +227,9 @@ def _pause_latency(name: str, url: str, samples: int, interval: float) -> dict[s
             try:
                 before = counting.delivered
                 spacing.wait(0.001)  # hold briefly: does delivery really pause?
-                delivered_while_held += counting.delivered - before
+                during = counting.delivered - before
+                delivered_while_held += during
+                most_in_one_hold = max(most_in_one_hold, during)
             finally:
                 engine.pause_lock.release()
         still_running = engine.running
@@ -238,8 +244,16 @@ def _pause_latency(name: str, url: str, samples: int, interval: float) -> dict[s
         "client": name, "samples": len(waits_ms), "p50_ms": quantiles[49],
         "p99_ms": quantiles[98], "max_ms": waits_ms[-1], "timeouts": timeouts,
         "messages": counting.delivered, "delivered_while_held": delivered_while_held,
+        "most_in_one_hold": most_in_one_hold,
         "running_to_the_end": still_running,
     }
+
+
+def describe_message(data: str | bytes) -> dict[str, Any]:
+    """Type, size and digest of a message, to check that it arrived intact."""
+    raw = data.encode() if isinstance(data, str) else bytes(data)
+    return {"type": "text" if isinstance(data, str) else "binary", "size": len(raw),
+            "sha1": hashlib.sha1(raw).hexdigest()}
 
 
 def _start_watchdog(seconds: float) -> None:
@@ -283,9 +297,9 @@ def main(argv: list[str] | None = None) -> int:
             result = _pause_latency(args.client, args.url, args.pause_samples,
                                     args.pause_interval)
         else:
-            messages, seconds, last_size = runner(args.url, args.count)
+            messages, seconds, last = runner(args.url, args.count)
             result = {"client": args.client, "messages": messages, "seconds": seconds,
-                      "last_size": last_size}
+                      "last": describe_message(last)}
     except ImportError as exc:  # a half-written package counts as not available
         result = {"unavailable": f"{type(exc).__name__}: {exc}"}
     except Exception as exc:  # reported to the parent, which shows it in the table

@@ -30,7 +30,7 @@ import struct
 import sys
 import time
 
-__all__ = ["encode_frame", "main"]
+__all__ = ["encode_frame", "main", "message_payload"]
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _OP_TEXT, _OP_BINARY, _OP_CLOSE, _OP_PING, _OP_PONG = 0x1, 0x2, 0x8, 0x9, 0xA
@@ -55,6 +55,14 @@ def encode_frame(opcode: int, payload: bytes) -> bytes:
     else:
         header = struct.pack("!BBQ", 0x80 | opcode, 127, length)
     return header + payload
+
+
+def message_payload(size: int, kind: str) -> bytes:
+    """The payload of every flood message: ASCII letters for text (valid UTF-8), every
+    byte value in turn for binary."""
+    if kind == "text":
+        return (b"abcdefghijklmnopqrstuvwxyz" * (size // 26 + 1))[:size]
+    return bytes(range(256)) * (size // 256) + bytes(range(size % 256))
 
 
 def _close_frame(code: int = 1000) -> bytes:
@@ -191,10 +199,7 @@ def serve(mode: str, size: int, kind: str, count: int, deadline_seconds: float) 
     """Serve one client as described in the module docstring; return an exit status."""
     deadline = time.monotonic() + deadline_seconds
     opcode = _OP_TEXT if kind == "text" else _OP_BINARY
-    # Text must be valid UTF-8: ASCII letters. Binary: every byte value.
-    payload = (b"abcdefghijklmnopqrstuvwxyz" * (size // 26 + 1))[:size] if kind == "text" \
-        else bytes(range(256)) * (size // 256) + bytes(range(size % 256))
-    frame = encode_frame(opcode, payload)
+    frame = encode_frame(opcode, message_payload(size, kind))
     with socket.create_server(("127.0.0.1", 0)) as listener:
         listener.settimeout(min(_IO_TIMEOUT * 3, deadline_seconds))
         print(f"PORT {listener.getsockname()[1]}", flush=True)
