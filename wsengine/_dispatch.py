@@ -44,6 +44,7 @@ class Dispatcher:
         deliver: runs ``on_message`` (or answers a request) for one message.
         read_error: runs ``on_read_error`` for an error that left the connection usable.
         lost: called once, from the reader, with the error that closed the connection.
+        received: called with each read batch (metrics), or None.
         name: thread name prefix.
         otel_ctx: the OpenTelemetry context workers attach, so callbacks see the session.
     """
@@ -58,6 +59,7 @@ class Dispatcher:
         deliver: Callable[[Message], None],
         read_error: Callable[[Exception], None],
         lost: Callable[[ConnectionClosedError], None],
+        received: Callable[[list[Message]], None] | None = None,
         name: str,
         otel_ctx: otel_context.Context,
     ) -> None:
@@ -68,6 +70,7 @@ class Dispatcher:
         self._deliver = deliver
         self._read_error = read_error
         self._lost = lost
+        self._received = received
         self._name = name
         self._otel_ctx = otel_ctx
         # An adapter without its own wait_readable blocks in read_available while we hold
@@ -210,6 +213,8 @@ class Dispatcher:
             errors_in_a_row = 0
             if batch:
                 self._ready.extend(batch)
+                if self._received is not None:
+                    self._received(batch)
                 return
             if self._generic:
                 # Give a thread blocked on the pause lock a chance to take it: our next

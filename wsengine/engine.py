@@ -31,6 +31,7 @@ from types import TracebackType
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.metrics import MeterProvider
+from opentelemetry.trace import Status, StatusCode
 
 from wsengine._dispatch import Dispatcher, stuck_callbacks
 from wsengine._reconnect import backoff_delay, is_fatal_status, retry_wait
@@ -57,6 +58,7 @@ from wsengine.telemetry import (
     AttributeValue,
     Telemetry,
     mark_error,
+    scrub,
 )
 from wsengine.types import (
     CloseMessage,
@@ -75,6 +77,9 @@ UrlSource = str | Callable[[], str]
 #: Seconds ``stop()`` waits for threads after aborting the socket, before it gives up on
 #: them (a callback that never returns) and reports them.
 ABORT_GRACE = 1.0
+
+#: Close codes that end a session span without an error status.
+_CLEAN_CLOSE_CODES = frozenset({1000, 1001, 1005, 1012})
 
 _RUNNING_STATES = frozenset(
     {EngineState.CONNECTING, EngineState.OPEN, EngineState.RECONNECTING, EngineState.CLOSING}
@@ -179,7 +184,7 @@ class WebsocketEngine:
         self._client = client
         self._adapter = adapter
         self._config = config
-        self._telemetry = Telemetry(tracer_provider, meter_provider)
+        self._telemetry = Telemetry(tracer_provider, meter_provider, self.queue_depth)
         #: Hold it (``with engine.pause_lock:``) to stop the engine reading, e.g. to read
         #: ``session.conn`` by hand. The engine's reader holds it only around non-blocking
         #: reads; stop() never needs it.
@@ -274,7 +279,7 @@ class WebsocketEngine:
                 supervisor.join(ABORT_GRACE)
                 raise EngineStartError(
                     f"start() failed connecting to {self._display_url}: "
-                    f"{type(error).__name__}: {_safe(error, self._display_url)}"
+                    f"{type(error).__name__}: {scrub(str(error))}"
                 ) from error
 
     def _abandon(self, run: _Run) -> None:
@@ -447,6 +452,7 @@ class WebsocketEngine:
         session_ctx = trace.set_span_in_context(span)
         session.span = span
         session.otel_ctx = session_ctx
+        session.count_sent = self._telemetry.messages_sent.add
         try:
             self._in_session(
                 session, "on_open", self._client.on_open, session, response, restarting
@@ -470,7 +476,11 @@ class WebsocketEngine:
         if not publish:
             # start() gave up on us: close what we opened; nobody is told it is open.
             self._close_quietly(session, 1001, "start() timed out")
+            session.span.end()
             return None
+        self._telemetry.open_connections.add(1)
+        if restarting:
+            self._telemetry.reconnects.add(1)
         if stopping:
             session.end(SessionEnd(EndKind.STOP))
         if not session.ended.is_set():
@@ -487,6 +497,7 @@ class WebsocketEngine:
             deliver=self._make_deliver(run, session),
             read_error=lambda error: self._read_error(run, session, error),
             lost=lambda error: self._lost(session, error),
+            received=self._count_received if self._telemetry.metrics_live else None,
             name=f"wsengine-worker-{run.number}",
             otel_ctx=session_ctx,
         )
@@ -554,6 +565,9 @@ class WebsocketEngine:
         if session.ended.wait(timeout):
             return False
         conn = session.conn
+        pong = getattr(conn, "last_pong", 0.0)
+        if isinstance(pong, float) and pong >= sent:
+            self._telemetry.keepalive_rtt.record(pong - sent)
         if conn.last_received >= sent:
             return False
         dispatcher = run.dispatcher
@@ -610,9 +624,15 @@ class WebsocketEngine:
             if self._session is session:
                 self._session = None
             run.session = None
+        self._telemetry.open_connections.add(-1)
         span = session.span
         if end.close is not None and span.is_recording():
             span.set_attribute("wsengine.close.code", end.close.code)
+            if end.close.reason:
+                span.set_attribute("wsengine.close.reason", end.close.reason[:123])
+            if end.close.code not in _CLEAN_CLOSE_CODES:
+                span.set_attribute("error.type", str(end.close.code))
+                span.set_status(Status(StatusCode.ERROR, f"closed with {end.close.code}"))
         span.end()
 
     def _next_session(self, run: _Run, previous: Session, end: SessionEnd) -> Session | None:
@@ -647,8 +667,8 @@ class WebsocketEngine:
                     mark_error(span, error)
                     fatal = isinstance(error, HandshakeError) and is_fatal_status(error.status)
                     retry_after = error.retry_after if isinstance(error, HandshakeError) else None
-                    logger.info("reconnection attempt %d failed: %s", failures,
-                                _safe(error, self._display_url))
+                    logger.info("reconnection attempt %d failed: %s: %s", failures,
+                                type(error).__name__, scrub(str(error)))
                     self._call(
                         "on_restart_error", self._client.on_restart_error,
                         error, failures, exited.set,
@@ -665,42 +685,76 @@ class WebsocketEngine:
     # -- callbacks ----------------------------------------------------------------------
 
     def _make_deliver(self, run: _Run, session: Session) -> Callable[[Message], None]:
+        """The per-message function workers call: the hot path, in three variants.
+
+        Plain: no span and no clock per message (nothing records). Timed: the meter records,
+        so on_message is timed. Traced: the session's span records (sampled), so each
+        message gets a ``wsengine.receive`` span with ``wsengine.callback.on_message``
+        inside.
+        """
         on_message = self._client.on_message
         requests = session._requests  # mutated in place, never rebound
         offer = session.offer
-        if not session.span.is_recording():
+        telemetry = self._telemetry
+        duration = telemetry.callback_duration
+        attributes = {"wsengine.callback": "on_message"}
 
-            def deliver(message: Message) -> None:
+        if session.span.is_recording():
+            tracer = telemetry.tracer
+            callback = telemetry.callback
+
+            def deliver_traced(message: Message) -> None:
+                with tracer.start_as_current_span(
+                    SPAN_RECEIVE,
+                    attributes={
+                        "wsengine.message.type": message.type.name,
+                        "wsengine.message.size": len(message.data),
+                    },
+                ):
+                    if requests and offer(message):
+                        return
+                    try:
+                        callback("on_message", on_message, session, message)
+                    except Exception:
+                        logger.exception("on_message raised; the engine goes on")
+                    except BaseException as error:
+                        self._interrupted(run, "on_message", error)
+
+            return deliver_traced
+
+        if telemetry.metrics_live:
+
+            def deliver_timed(message: Message) -> None:
                 if requests and offer(message):
                     return
+                started = time.perf_counter()
                 try:
                     on_message(session, message)
                 except Exception:
                     logger.exception("on_message raised; the engine goes on")
                 except BaseException as error:
                     self._interrupted(run, "on_message", error)
+                finally:
+                    duration.record(time.perf_counter() - started, attributes)
 
-            return deliver
+            return deliver_timed
 
-        tracer = self._telemetry.tracer
-        callback = self._telemetry.callback
+        def deliver(message: Message) -> None:
+            if requests and offer(message):
+                return
+            try:
+                on_message(session, message)
+            except Exception:
+                logger.exception("on_message raised; the engine goes on")
+            except BaseException as error:
+                self._interrupted(run, "on_message", error)
 
-        def deliver_traced(message: Message) -> None:
-            attributes: dict[str, AttributeValue] = {
-                "wsengine.message.type": message.type.name,
-                "wsengine.message.size": len(message.data),
-            }
-            with tracer.start_as_current_span(SPAN_RECEIVE, attributes=attributes):
-                if requests and offer(message):
-                    return
-                try:
-                    callback("on_message", on_message, session, message)
-                except Exception:
-                    logger.exception("on_message raised; the engine goes on")
-                except BaseException as error:
-                    self._interrupted(run, "on_message", error)
+        return deliver
 
-        return deliver_traced
+    def _count_received(self, batch: list[Message]) -> None:
+        """Count one read batch (called once per batch, not per message)."""
+        self._telemetry.messages_received.add(len(batch))
+        self._telemetry.bytes_received.add(sum(len(message.data) for message in batch))
 
     @staticmethod
     def _lost(session: Session, error: ConnectionClosedError) -> None:
@@ -817,9 +871,4 @@ def _check_timeout(name: str, value: float | None, default: float | None) -> flo
         raise ConfigError(f"{name} must be a positive number or None, got {value!r}")
     return float(value)
 
-
-def _safe(error: BaseException, display_url: str) -> str:
-    """An error's text, with no URL credentials in it."""
-    text = str(error)
-    return text if "@" not in text and "?" not in text else f"(details hidden: {display_url})"
 

@@ -30,6 +30,10 @@ logger = logging.getLogger("wsengine")
 MatchFunction = Callable[[Message], bool]
 
 
+def _ignore(count: int) -> None:
+    return None
+
+
 class EndKind(enum.Enum):
     """Why a session ends."""
 
@@ -102,6 +106,8 @@ class Session:
         # The engine's span for this connection and the context that makes it current.
         self.span: trace.Span = trace.INVALID_SPAN
         self.otel_ctx: otel_context.Context | None = None
+        # Counts a sent message (the engine's messages-sent counter).
+        self.count_sent: Callable[[int], None] = _ignore
 
     def __repr__(self) -> str:
         return f"<Session {self.id} {'closed' if self._closed else 'open'}>"
@@ -124,6 +130,7 @@ class Session:
         if self._closed:
             raise ConnectionClosedError(self._closed_code(), "session closed")
         self.conn.write(data)
+        self.count_sent(1)
 
     def restart(self) -> None:
         """Close this connection (1001 unless ``on_close`` says otherwise) and reconnect.
