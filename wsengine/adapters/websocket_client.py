@@ -596,6 +596,9 @@ class WebsocketClientAdapter(ConnectionAdapter):
                 send = got_write and not self._close_sent and not self._torn_down
                 if send:
                     self._close_sent = True
+            # A reader blocked in wait_readable must come and see the connection closed,
+            # whichever thread closed it (a user reading by hand, close() from a callback).
+            self.wake_reader()
             if send:
                 with contextlib.suppress(ConnectionClosedError, TimeoutError):
                     self._send_all(frame, deadline)
