@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 
 from opentelemetry import context as otel_context
 
+from wsengine._pause import PauseLock, engine_acquire, engine_release
 from wsengine.adapters.base import ConnectionAdapter
 from wsengine.errors import ConnectionClosedError
 from wsengine.types import Message
@@ -38,7 +39,8 @@ class Dispatcher:
 
     Args:
         conn: the session's adapter.
-        pause_lock: the engine's pause lock, held only around non-blocking reads.
+        pause_lock: the engine's pause lock, held only around non-blocking reads; while a
+            user wants it, no read starts and no worker starts another callback.
         workers: number of worker threads.
         queue_size: bound of the hand-off.
         deliver: runs ``on_message`` (or answers a request) for one message.
@@ -52,7 +54,7 @@ class Dispatcher:
     def __init__(
         self,
         conn: ConnectionAdapter,
-        pause_lock: threading.RLock,
+        pause_lock: PauseLock,
         *,
         workers: int,
         queue_size: int,
@@ -137,6 +139,7 @@ class Dispatcher:
         ready = self._ready
         popleft = ready.popleft
         deliver = self._deliver
+        pause = self._pause_lock
         followers = self._followers
         several = self._workers > 1
         while True:
@@ -168,6 +171,8 @@ class Dispatcher:
                 # risks a missed wake-up, and the leader wakes followers after each refill).
                 with followers:
                     followers.notify()
+            if pause.wanted:
+                self._step_back()
             deliver(message)
 
     def _refill(self) -> None:
@@ -178,7 +183,7 @@ class Dispatcher:
         against a silent server.
         """
         conn = self._conn
-        pause_lock = self._pause_lock
+        pause = self._pause_lock
         errors_in_a_row = 0
         while not self._draining:
             self.waiting_for_data = True
@@ -201,7 +206,7 @@ class Dispatcher:
             else:
                 error = None
             finally:
-                pause_lock.release()
+                engine_release(pause)
             if error is not None:
                 errors_in_a_row += 1
                 if errors_in_a_row >= MAX_READ_ERRORS_IN_A_ROW:
@@ -222,10 +227,34 @@ class Dispatcher:
                 self._drain_signal.wait(0.001)
 
     def _take_pause_lock(self) -> bool:
-        """Acquire the pause lock; False (not held) if the session drains meanwhile."""
-        while not self._pause_lock.acquire(timeout=0.05):
+        """Acquire the pause lock for one read pass, after any user who wants it; False
+        (not held) if the session drains meanwhile."""
+        pause = self._pause_lock
+        while True:
+            if pause.wanted and not self._step_back():
+                return False
+            if engine_acquire(pause, True, 0.05):
+                return True
             if self._draining:
                 return False
+
+    def _step_back(self) -> bool:
+        """Wait while a user wants or holds the pause lock; False if the session drains
+        (then messages already read are delivered: nothing is lost)."""
+        pause = self._pause_lock
+        if pause.owned():
+            return True  # our own callback holds it (the lock is re-entrant)
+        while pause.wanted:
+            if self._draining:
+                return False
+            if pause.held:
+                # A user holds it: block until they let go, waking now and then to notice
+                # a stop.
+                if engine_acquire(pause, True, 0.05):
+                    engine_release(pause)
+            else:
+                # A user is about to take it: give way rather than race them for it.
+                self._drain_signal.wait(0.0002)
         return True
 
     def join(self, timeout: float | None) -> list[threading.Thread]:

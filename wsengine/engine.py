@@ -34,6 +34,7 @@ from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import Status, StatusCode
 
 from wsengine._dispatch import Dispatcher, stuck_callbacks
+from wsengine._pause import PauseLock
 from wsengine._reconnect import backoff_delay, is_fatal_status, retry_wait
 from wsengine._url import redact_url, url_target, validate_url
 from wsengine.adapters.base import ConnectionAdapter
@@ -188,7 +189,8 @@ class WebsocketEngine:
         #: Hold it (``with engine.pause_lock:``) to stop the engine reading, e.g. to read
         #: ``session.conn`` by hand. The engine's reader holds it only around non-blocking
         #: reads; stop() never needs it.
-        self.pause_lock = threading.RLock()
+        self._pause = PauseLock()
+        self.pause_lock: threading.RLock = self._pause
         # Guards _state, _session and _run (and a run's session/abandoned fields); held for
         # a few statements by start(), stop(), the supervisor and session ends.
         self._state_lock = threading.Lock()
@@ -491,7 +493,7 @@ class WebsocketEngine:
         self, run: _Run, session: Session, session_ctx: otel_context.Context
     ) -> None:
         dispatcher = Dispatcher(
-            session.conn, self.pause_lock,
+            session.conn, self._pause,
             workers=self._config.workers,
             queue_size=self._config.queue_size,
             deliver=self._make_deliver(run, session),
@@ -576,10 +578,7 @@ class WebsocketEngine:
         return reading and not self._paused() and not conn.has_pending_data()
 
     def _paused(self) -> bool:
-        if self.pause_lock.acquire(blocking=False):
-            self.pause_lock.release()
-            return False
-        return True
+        return self._pause.wanted > 0
 
     def _close_session(self, run: _Run, session: Session, end: SessionEnd) -> None:
         """Deliver what was read, run ``on_close``, close the connection, end the span."""
