@@ -878,3 +878,39 @@ def test_invalid_max_size_is_a_config_error() -> None:
             WebsocketClientAdapter(max_size=bad)  # type: ignore[arg-type]
     with pytest.raises(ConfigError):
         WebsocketClientAdapter(timeout=3)
+
+
+def open_sockets(conn: WebsocketClientAdapter) -> list[socket.socket]:
+    """The adapter's TCP socket and wake-up pair that are still open."""
+    sockets = [conn._sock, conn._wake_r, conn._wake_w]
+    return [s for s in sockets if s is not None and s.fileno() != -1]
+
+
+@pytest.mark.parametrize("ending", ["close", "abort", "peer-drop", "violation"])
+def test_every_socket_is_released(adapter: WebsocketClientAdapter, ending: str) -> None:
+    """However the connection ends, its socket and wake-up pair end up closed."""
+
+    def script(conn: RawConnection) -> None:
+        if ending == "peer-drop":
+            conn.close()
+        elif ending == "violation":
+            conn.send_frame(0x3)
+            conn.expect_close(5)
+        elif ending == "abort":
+            conn.wait_eof(5)
+        else:
+            # The server closes TCP first after the closing handshake (RFC 6455 7.1.1).
+            conn.expect_close(5)
+            conn.send_frame(0x8, struct.pack("!H", 1000))
+
+    with RawServer(script) as server:
+        adapter.dial(server.url, 5)
+        assert len(open_sockets(adapter)) == 3
+        if ending == "close":
+            adapter.close(timeout=5)
+        elif ending == "abort":
+            adapter.abort()
+        else:
+            with pytest.raises(ConnectionClosedError):
+                adapter.read(5)
+        assert open_sockets(adapter) == []

@@ -274,7 +274,7 @@ class WebsocketClientAdapter(ConnectionAdapter):
         finally:
             self._read_mutex.release()
 
-    def write(self, data: str | bytes) -> None:
+    def write(self, data: str | bytes | bytearray | memoryview) -> None:
         """Send one message: TEXT for ``str``, BINARY for bytes-like data. Thread-safe.
 
         Blocks until the frame is handed to the kernel; ``abort()`` from another thread
