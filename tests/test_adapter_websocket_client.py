@@ -575,6 +575,26 @@ def test_server_keeping_tcp_open_after_close_is_cut_off(
     assert closed_by_client == [True]
 
 
+def test_client_close_returns_on_the_reply_without_waiting_for_fin(
+    adapter: WebsocketClientAdapter,
+) -> None:
+    """A close we started ends at the peer's reply, even if the peer keeps TCP open."""
+    closed_by_client: list[bool] = []
+
+    def reply_only(conn: RawConnection) -> None:
+        conn.expect_close(5)
+        conn.send_frame(0x8, struct.pack("!H", 1000))
+        closed_by_client.append(conn.wait_eof(5))
+
+    with RawServer(reply_only) as server:
+        adapter.dial(server.url, 5)
+        started = time.monotonic()
+        adapter.close(timeout=5)
+        assert time.monotonic() - started < 2
+        wait_for(lambda: bool(closed_by_client))
+    assert closed_by_client == [True]
+
+
 def test_data_after_close_is_ignored(adapter: WebsocketClientAdapter) -> None:
     """A message before the close is delivered; the one after it never is (B20)."""
 

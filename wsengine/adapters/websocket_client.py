@@ -306,9 +306,10 @@ class WebsocketClientAdapter(ConnectionAdapter):
     def close(self, code: int = 1000, reason: str = "", timeout: float | None = None) -> None:
         """Close the connection: send a close frame, wait for the peer's, close the socket.
 
-        Waits up to ``timeout`` seconds in all (None: no limit) for the peer's close frame
-        and then for it to close TCP, discarding data meanwhile; then closes the socket
-        anyway (a server that keeps TCP open is cut off). Idempotent; safe while another
+        Waits up to ``timeout`` seconds in all (None: no limit) for the peer's close frame,
+        discarding data meanwhile; if the peer closed first, waits instead for it to close
+        TCP. Then closes the socket anyway (a server that keeps TCP open is cut off).
+        Blocks the calling thread. Idempotent; safe while another
         thread is blocked in ``read`` or ``write``, which then raise
         ``ConnectionClosedError``. A reason longer than 123 bytes of UTF-8 is cut at a
         character boundary.
@@ -322,6 +323,7 @@ class WebsocketClientAdapter(ConnectionAdapter):
         if self._torn_down:
             return
         deadline = None if timeout is None else time.monotonic() + timeout
+        peer_closed_first = self._parser.close is not None
         self._send_close(
             encode_close(code, reason), ConnectionClosedError(code, reason), deadline
         )
@@ -330,7 +332,7 @@ class WebsocketClientAdapter(ConnectionAdapter):
             self._teardown()
             return
         try:
-            self._await_peer_close(deadline)
+            self._await_peer_close(deadline, peer_closed_first)
         finally:
             try:
                 self._teardown(holding_read=True)
@@ -544,9 +546,13 @@ class WebsocketClientAdapter(ConnectionAdapter):
                 self._closed_error = ConnectionClosedError(1006, reason)
         self._teardown(holding_read=True)
 
-    def _await_peer_close(self, deadline: float | None) -> None:
-        """Discard frames until the peer's close frame, then wait for its TCP FIN, until
-        ``deadline``; the read mutex must be held."""
+    def _await_peer_close(self, deadline: float | None, peer_closed_first: bool) -> None:
+        """Discard frames until the peer's close frame or ``deadline``; the read mutex must
+        be held.
+
+        When the peer closed first (its close frame came before ours went out), wait for
+        its TCP FIN instead, as RFC 6455 section 7.1.1 has the server close TCP first.
+        """
         parser = self._parser
         discarded: list[Message] = []
         while not self._torn_down:
@@ -560,6 +566,9 @@ class WebsocketClientAdapter(ConnectionAdapter):
                     if control[0] == OP_PONG:
                         self.last_pong = time.monotonic()
                     continue
+            elif not peer_closed_first:
+                # Our close was answered: the handshake is complete.
+                return
             received = self._recv_once()
             if received < 0:
                 return
