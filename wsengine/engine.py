@@ -277,6 +277,10 @@ class WebsocketEngine:
                     raise EngineStartError(
                         f"start() timed out after {limit} s connecting to {self._display_url}"
                     ) from TimeoutError(f"open_timeout of {limit} s passed")
+            except KeyboardInterrupt:
+                # Ctrl-C while starting: close whatever opened, then let the interrupt go on.
+                self.stop()
+                raise
             except BaseException as error:
                 supervisor.join(ABORT_GRACE)
                 raise EngineStartError(
@@ -359,8 +363,8 @@ class WebsocketEngine:
             EngineStartError: as ``start()``.
             KeyboardInterrupt, SystemExit: a callback raised it (the engine stopped first).
         """
-        self.start()
         try:
+            self.start()
             self.wait()
         except KeyboardInterrupt:
             logger.info("interrupted: stopping")

@@ -1,0 +1,102 @@
+# SPDX-License-Identifier: Apache-2.0
+# Copyright The wsengine authors
+"""Process-level promises: a forgotten stop(), a stuck callback, Ctrl-C in run_forever."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+from tests.support.servers import WsServer, wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+
+PRELUDE = """
+import sys, threading
+from wsengine import EngineConfig, WebsocketClient, WebsocketEngine
+
+class Client(WebsocketClient):
+    def on_open(self, session, response, restarting):
+        session.send("hello")
+
+    def on_message(self, session, message):
+        print("message", message.data, flush=True)
+        got.set()
+        if STUCK:
+            threading.Event().wait()  # never returns
+
+got = threading.Event()
+config = EngineConfig(ping_interval=None, stop_timeout=1.0)
+engine = WebsocketEngine(sys.argv[1], Client(), config=config)
+"""
+
+
+def run_script(body: str, url: str, *, stuck: bool = False) -> subprocess.Popen[str]:
+    script = f"STUCK = {stuck}\n" + textwrap.dedent(PRELUDE) + textwrap.dedent(body)
+    return subprocess.Popen(
+        [sys.executable, "-c", script, url],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def first_close_code(server: WsServer) -> int | None:
+    return server.connections[0].close_code if server.connections else None
+
+
+def test_forgotten_stop_still_exits_and_closes_cleanly(echo_server: WsServer) -> None:
+    """C21: a program that never calls stop() exits; the engine sends its close frame."""
+    process = run_script(
+        """
+        engine.start()
+        got.wait(5)
+        """,
+        echo_server.url,
+    )
+    _out, err = process.communicate(timeout=20)
+    assert process.returncode == 0, err
+    wait_for(lambda: first_close_code(echo_server) == 1000, timeout=5)
+
+
+def test_stuck_callback_does_not_block_interpreter_exit(echo_server: WsServer) -> None:
+    """C8: with on_message stuck forever, the program still exits in about stop_timeout."""
+    process = run_script(
+        """
+        import logging
+        logging.basicConfig(level=logging.WARNING)
+        engine.start()
+        got.wait(5)
+        """,
+        echo_server.url,
+        stuck=True,
+    )
+    began = time.monotonic()
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    assert "message hello" in out
+    assert time.monotonic() - began < 15
+    assert "on_message" in err  # the warning names the stuck callback
+
+
+def test_ctrl_c_in_run_forever_stops_gracefully(echo_server: WsServer) -> None:
+    """C19: SIGINT during run_forever() stops the engine (close 1000) and exits 0."""
+    process = run_script(
+        """
+        import logging
+        logging.basicConfig(level=logging.INFO)
+        engine.run_forever()
+        print("returned", flush=True)
+        """,
+        echo_server.url,
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    assert line.startswith("message hello")
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=20)
+    assert process.returncode == 0, err
+    assert "returned" in out
+    wait_for(lambda: first_close_code(echo_server) == 1000, timeout=5)
