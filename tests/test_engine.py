@@ -857,3 +857,21 @@ def test_keyboard_interrupt_in_a_callback_stops_run_forever(echo: WsServer) -> N
     with pytest.raises(KeyboardInterrupt):
         engine.run_forever()
     assert engine.state is EngineState.STOPPED
+
+
+def test_request_from_on_close_reads_the_connection_itself(echo: WsServer) -> None:
+    """A request() made in on_close(None) during stop() gets its answer (no worker reads
+    any more, so the request reads the connection itself)."""
+    answers = []
+
+    class Goodbye(Recorder):
+        def on_close(self, session: Session, close: CloseMessage | None) -> CloseMessage | None:
+            answers.append(session.request("bye", lambda m: m.data == "bye", timeout=2))
+            return super().on_close(session, close)
+
+    client = Goodbye()
+    engine = WebsocketEngine(echo.url, client, config=FAST)
+    engine.start()
+    engine.stop()
+    assert answers == [Message(MessageType.TEXT, "bye")]
+    assert client.names() == ["open", "close"]

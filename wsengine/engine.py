@@ -602,6 +602,8 @@ class WebsocketEngine:
                     budget, ", ".join(stuck_callbacks(stuck)),
                 )
         run.dispatcher = None
+        # No worker reads any more: a request() from on_close reads the connection itself.
+        session._serving = False
         answer = self._in_session(session, "on_close", self._client.on_close, session, end.close)
         if end.close is None:
             default = 1001 if end.kind is EndKind.RESTART else 1000
