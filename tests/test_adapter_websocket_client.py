@@ -50,9 +50,6 @@ def close_frame(code: int, reason: bytes = b"") -> bytes:
     return server_frame(0x8, struct.pack("!H", code) + reason)
 
 
-# -- opening handshake -------------------------------------------------------------------
-
-
 def test_dial_returns_the_handshake_response(
     echo_server: WsServer, adapter: WebsocketClientAdapter
 ) -> None:
@@ -222,9 +219,6 @@ def test_frame_in_the_same_segment_as_the_101_is_delivered(
         assert adapter.read(5) == Message(TEXT, "early bird")
 
 
-# -- TLS ---------------------------------------------------------------------------------
-
-
 def test_tls_echo_with_a_trusted_ca(tls: TlsMaterial, wss_echo_server: WsServer) -> None:
     """wss:// works when the CA is trusted; the certificate is verified."""
     conn = WebsocketClientAdapter(sslopt={"ca_certs": tls.ca_path})
@@ -279,9 +273,6 @@ def test_tls_peer_vanishing_is_1006(tls: TlsMaterial) -> None:
             assert info.value.code == 1006
         finally:
             conn.abort()
-
-
-# -- data --------------------------------------------------------------------------------
 
 
 def test_echo_text_and_binary(echo_server: WsServer, adapter: WebsocketClientAdapter) -> None:
@@ -367,9 +358,6 @@ def test_last_received_moves_when_data_arrives(
     assert adapter.last_received >= before
 
 
-# -- fast path ---------------------------------------------------------------------------
-
-
 def test_read_available_returns_a_batch(
     echo_server: WsServer, adapter: WebsocketClientAdapter
 ) -> None:
@@ -426,9 +414,6 @@ def test_wait_readable_true_when_frames_are_left_buffered(
         assert adapter.read_available(10)[-1] == Message(TEXT, "two")
 
 
-# -- control frames ----------------------------------------------------------------------
-
-
 def test_ping_gets_a_pong(echo_server: WsServer, adapter: WebsocketClientAdapter) -> None:
     """ping() sends a ping; the server's pong updates last_pong while reading."""
     adapter.dial(echo_server.url, 5)
@@ -476,9 +461,6 @@ def test_ping_inside_a_fragmented_message_is_answered_at_once(
         adapter.dial(server.url, 5)
         assert adapter.read(5) == Message(TEXT, "Hello, world!")
     assert pongs == [(True, 0xA, b"mid-message")]
-
-
-# -- closing -----------------------------------------------------------------------------
 
 
 def test_client_close_handshake(echo_server: WsServer, adapter: WebsocketClientAdapter) -> None:
@@ -645,8 +627,6 @@ def test_connection_reset_is_1006(adapter: WebsocketClientAdapter) -> None:
         assert info.value.code == 1006
 
 
-# -- protocol violations -----------------------------------------------------------------
-
 VIOLATIONS: list[tuple[str, bytes, int]] = [
     ("rsv1", server_frame(0x1, b"x", rsv=4), 1002),
     ("opcode-3", server_frame(0x3, b""), 1002),
@@ -732,9 +712,6 @@ def test_messages_before_a_violation_are_delivered(adapter: WebsocketClientAdapt
         with pytest.raises(ProtocolError) as info:
             adapter.read_available(10)
         assert info.value.code == 1002
-
-
-# -- concurrency -------------------------------------------------------------------------
 
 
 def run_threads(count: int, target: Callable[[int], None], name: str) -> list[threading.Thread]:
@@ -856,9 +833,6 @@ def test_abort_unblocks_a_writer_blocked_on_a_full_window(
             release.set()
     assert len(outcome) == 1
     assert isinstance(outcome[0], ConnectionClosedError)
-
-
-# -- reuse -------------------------------------------------------------------------------
 
 
 def test_adapter_is_reusable_after_close_and_abort(

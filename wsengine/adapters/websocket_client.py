@@ -208,8 +208,6 @@ class WebsocketClientAdapter(ConnectionAdapter):
         self._wait_poll.register(sock, _POLLIN)
         self._wait_poll.register(self._wake_r, _POLLIN)
 
-    # -- ConnectionAdapter ---------------------------------------------------------------
-
     def dial(self, url: str, timeout: float | None) -> HandshakeResponse:
         """Open a connection to ``url`` and complete the opening handshake.
 
@@ -306,13 +304,12 @@ class WebsocketClientAdapter(ConnectionAdapter):
     def close(self, code: int = 1000, reason: str = "", timeout: float | None = None) -> None:
         """Close the connection: send a close frame, wait for the peer's, close the socket.
 
-        Waits up to ``timeout`` seconds in all (None: no limit) for the peer's close frame,
-        discarding data meanwhile; if the peer closed first, waits instead for it to close
-        TCP. Then closes the socket anyway (a server that keeps TCP open is cut off).
-        Blocks the calling thread. Idempotent; safe while another
-        thread is blocked in ``read`` or ``write``, which then raise
-        ``ConnectionClosedError``. A reason longer than 123 bytes of UTF-8 is cut at a
-        character boundary.
+        Blocks the calling thread up to ``timeout`` seconds in all (None: no limit) waiting
+        for the peer's close frame, discarding data meanwhile; if the peer closed first, it
+        waits instead for the peer to close TCP. Then it closes the socket anyway (a server
+        that keeps TCP open is cut off). Idempotent; safe while another thread is blocked in
+        ``read`` or ``write``, which then raise ``ConnectionClosedError``. A reason longer
+        than 123 bytes of UTF-8 is cut at a character boundary.
 
         Raises:
             ConfigError: ``code`` may not be sent on the wire.
@@ -357,8 +354,6 @@ class WebsocketClientAdapter(ConnectionAdapter):
         """websocket-client's ``WebSocket`` (only its handshake results are meaningful)."""
         return self._ws
 
-    # -- the engine's fast path ---------------------------------------------------------
-
     def read_available(self, max_messages: int) -> list[Message]:
         """Return up to ``max_messages`` messages without waiting for the network.
 
@@ -388,7 +383,7 @@ class WebsocketClientAdapter(ConnectionAdapter):
         if self._is_ssl and sock is not None and self._ssl_pending(sock):
             return True
         wait_ms = _poll_ms(timeout)
-        if not self._wait_mutex.acquire(timeout=-1 if timeout is None else timeout):
+        if not self._wait_mutex.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
             return False
         try:
             if self._torn_down:
@@ -429,8 +424,6 @@ class WebsocketClientAdapter(ConnectionAdapter):
         except (OSError, ValueError):
             return False
         return bool(poller.poll(0))
-
-    # -- reading -------------------------------------------------------------------------
 
     def _read_into(
         self, out: list[Message], limit: int, deadline: float | None, blocking: bool
@@ -581,8 +574,6 @@ class WebsocketClientAdapter(ConnectionAdapter):
                 continue
             self._read_poll.poll(_poll_ms(remaining))
 
-    # -- writing -------------------------------------------------------------------------
-
     def _send_frame(self, frame: bytes) -> None:
         """Send one frame unless the connection is closed."""
         with self._write_mutex:
@@ -674,8 +665,6 @@ class WebsocketClientAdapter(ConnectionAdapter):
                     1006, f"connection lost ({type(error).__name__})"
                 )
         self._shutdown_socket()
-
-    # -- teardown and helpers ------------------------------------------------------------
 
     def _teardown(self, *, holding_read: bool = False) -> None:
         """Shut the socket down, wake every thread waiting on it, then close it and the
