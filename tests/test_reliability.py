@@ -195,16 +195,31 @@ def close_frame(code: int, reason: bytes = b"") -> bytes:
     return server_frame(0x8, struct.pack("!H", code) + reason)
 
 
+def serve_idle(conn: RawConnection, timeout: float = 20.0) -> None:
+    """A well-behaved idle server on a RawConnection: answers pings, echoes a close frame
+    and returns (the RawServer then closes TCP); returns too when the client leaves."""
+    try:
+        while True:
+            _, opcode, payload = conn.recv_frame(timeout)
+            if opcode == 0x9:
+                conn.send_frame(0xA, payload)
+            elif opcode == 0x8:
+                conn.send_frame(0x8, payload[:2])
+                return
+    except (EOFError, TimeoutError, OSError):
+        return
+
+
 def first_then_idle(fault: Callable[[RawConnection], None]) -> Callable[[RawConnection], None]:
     """A RawServer script: the first connection runs ``fault``; later ones (reconnects)
-    stay open, discarding what they get, until the client or the server closes them."""
+    are served by :func:`serve_idle`."""
     numbers = itertools.count(1)  # next() on a count is atomic in CPython
 
     def script(conn: RawConnection) -> None:
         if next(numbers) == 1:
             fault(conn)
         else:
-            conn.wait_eof(20)
+            serve_idle(conn)
 
     return script
 
