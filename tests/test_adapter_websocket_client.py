@@ -408,8 +408,7 @@ def test_wait_readable_true_when_frames_are_left_buffered(
 
     with RawServer(burst) as server:
         adapter.dial(server.url, 5)
-        wait_for(lambda: adapter.read_available(1) != [] or adapter.has_pending_data())
-        assert adapter.has_pending_data()
+        wait_for(lambda: adapter.read_available(1) != [])
         assert adapter.wait_readable(0) is True
         assert adapter.read_available(10)[-1] == Message(TEXT, "two")
 
@@ -908,3 +907,21 @@ def test_every_socket_is_released(adapter: WebsocketClientAdapter, ending: str) 
             with pytest.raises(ConnectionClosedError):
                 adapter.read(5)
         assert open_sockets(adapter) == []
+
+
+def test_partial_frame_buffered_is_not_pending_data(adapter: WebsocketClientAdapter) -> None:
+    """has_pending_data() ignores a partial frame already received: a peer that stops in
+    the middle of a frame must look as dead to the keepalive as a silent one."""
+    sent = threading.Event()
+
+    def half(conn: RawConnection) -> None:
+        conn.send_raw(server_frame(0x1, b"0123456789")[:6])
+        sent.set()
+        conn.wait_eof(5)
+
+    with RawServer(half) as server:
+        adapter.dial(server.url, 5)
+        assert sent.wait(5)
+        wait_for(lambda: adapter.read(timeout=0.01) is None and not adapter.has_pending_data())
+        assert adapter.read_available(1) == []
+        assert adapter.has_pending_data() is False

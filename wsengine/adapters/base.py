@@ -121,6 +121,7 @@ class ConnectionAdapter(ABC):
         return [] if message is None else [message]
 
     def has_pending_data(self) -> bool:
-        """Tell whether bytes from the peer wait unread (the peer is alive even if nothing
-        was parsed lately). The default says False."""
+        """Tell whether bytes from the peer wait on the connection, not yet received (the
+        peer is alive even if nothing was parsed lately: the engine was not reading).
+        Bytes of a partial frame already buffered do not count. The default says False."""
         return False

@@ -410,9 +410,11 @@ class WebsocketClientAdapter(ConnectionAdapter):
             wake_w.send(b"\0")
 
     def has_pending_data(self) -> bool:
-        """Tell whether bytes from the peer wait unread (buffered or on the socket)."""
-        if self._parser.buffered:
-            return True
+        """Tell whether bytes from the peer wait on the socket, not yet received.
+
+        Bytes already buffered do not count: a peer that stops in the middle of a frame is
+        as dead as a silent one, and the keepalive must be able to say so.
+        """
         sock = self._sock
         if sock is None or self._torn_down:
             return False
