@@ -875,3 +875,25 @@ def test_request_from_on_close_reads_the_connection_itself(echo: WsServer) -> No
     engine.stop()
     assert answers == [Message(MessageType.TEXT, "bye")]
     assert client.names() == ["open", "close"]
+
+
+def test_start_timeout_cuts_a_handshake_that_never_comes() -> None:
+    """A2/A10: against a server that accepts TCP and never answers the handshake, start()
+    times out and the dial is cut at once: no engine thread waits out open_timeout."""
+    from tests.support.rawserver import RawConnection, RawServer
+
+    release = threading.Event()
+
+    def silent(conn: RawConnection) -> None:
+        release.wait(10)
+
+    with RawServer(silent, handshake=False) as server:
+        config = dataclasses.replace(FAST, open_timeout=30.0)
+        engine = WebsocketEngine(server.url, Recorder(), config=config)
+        began = time.monotonic()
+        with pytest.raises(EngineStartError) as raised:
+            engine.start(timeout=0.3)
+        assert isinstance(raised.value.__cause__, TimeoutError)
+        wait_for(lambda: not engine_threads(), timeout=1.0)
+        assert time.monotonic() - began < 1.5
+        release.set()

@@ -53,7 +53,9 @@ _MAX_REASON_BYTES: Final = 123
 _POLLIN: Final = select.POLLIN
 _POLLOUT: Final = select.POLLOUT
 # Options this adapter sets itself when it calls websocket.create_connection.
-_RESERVED_OPTIONS: Final = frozenset({"timeout", "skip_utf8_validation", "enable_multithread"})
+_RESERVED_OPTIONS: Final = frozenset(
+    {"timeout", "skip_utf8_validation", "enable_multithread", "class_"}
+)
 
 
 def _poll_ms(seconds: float | None) -> int | None:
@@ -168,6 +170,9 @@ class WebsocketClientAdapter(ConnectionAdapter):
         self._recv_buffer = bytearray(_RECV_SIZE)
         self._recv_view = memoryview(self._recv_buffer)
         self._ws: websocket.WebSocket | None = None
+        # The WebSocket of a dial in progress (so abort() can cut its handshake); set and
+        # cleared by the dialing thread, read by abort().
+        self._dialing: list[websocket.WebSocket] = []
         self._sock: socket.socket | None = None
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
@@ -222,10 +227,21 @@ class WebsocketClientAdapter(ConnectionAdapter):
         """
         if self._sock is not None:
             self.abort()
+        dialing: list[websocket.WebSocket] = []
+
+        def make_websocket(**arguments: Any) -> websocket.WebSocket:
+            # create_connection builds the WebSocket through this: keep it reachable so
+            # that abort() can cut a handshake that hangs (the engine's stop()).
+            made = websocket.WebSocket(**arguments)
+            dialing.append(made)
+            return made
+
+        self._dialing = dialing
         try:
             ws = websocket.create_connection(
                 url,
                 timeout=timeout,
+                class_=make_websocket,
                 skip_utf8_validation=True,
                 enable_multithread=True,
                 **self._options,
@@ -233,6 +249,8 @@ class WebsocketClientAdapter(ConnectionAdapter):
         except websocket.WebSocketException as error:
             # from None: the original message quotes the response headers.
             raise _dial_error(error) from None
+        finally:
+            self._dialing = []
         sock = ws.sock
         if sock is None:  # pragma: no cover - create_connection returns connected
             raise HandshakeError("websocket-client returned no socket")
@@ -340,8 +358,14 @@ class WebsocketClientAdapter(ConnectionAdapter):
         """Drop the TCP connection now, without a closing handshake. Idempotent.
 
         Safe from any thread: readers, writers and ``wait_readable`` blocked on the socket
-        are woken and leave (raising ``ConnectionClosedError`` or returning).
+        are woken and leave (raising ``ConnectionClosedError`` or returning). A ``dial``
+        waiting for the server's handshake answer fails at once.
         """
+        for dialing in list(self._dialing):
+            sock = dialing.sock
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
         self._teardown()
 
     @property
