@@ -20,7 +20,7 @@ import ssl
 import threading
 import time
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import websocket
 
@@ -241,7 +241,8 @@ class WebsocketClientAdapter(ConnectionAdapter):
             ws = websocket.create_connection(
                 url,
                 timeout=timeout,
-                class_=make_websocket,
+                # Called like a factory; typed as a class by websocket-client.
+                class_=cast(type[websocket.WebSocket], make_websocket),
                 skip_utf8_validation=True,
                 enable_multithread=True,
                 **self._options,
