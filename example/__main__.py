@@ -43,6 +43,11 @@ MODES = ("both", "server", "client")
 
 T = TypeVar("T")
 
+#: The main thread waits in slices this long (seconds), never in one untimed wait. A
+#: signal may be taken by another thread (observed under load): the main thread then
+#: runs the Python handler only when it next wakes, and an untimed wait never does.
+SIGNAL_CHECK_INTERVAL = 0.25
+
 LOG_FORMAT = "%(asctime)s %(threadName)-22s %(name)-16s %(levelname)-7s %(message)s"
 
 
@@ -221,7 +226,8 @@ def run_client(url: str, options: Options, telemetry: ExampleTelemetry) -> int:
     try:
         logger.info("client connecting to %s", url)
         engine.start()
-        engine.wait()
+        while not engine.wait(SIGNAL_CHECK_INTERVAL):
+            pass  # see SIGNAL_CHECK_INTERVAL
         if client.gave_up.is_set():
             status = 1
         elif options.count and not client.done.is_set():
@@ -263,7 +269,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if options.mode == "server":
             assert server is not None
             logger.info("serving on %s (Ctrl-C to stop)", client_url(server.host, server.port))
-            threading.Event().wait()  # until Ctrl-C or SIGTERM
+            forever = threading.Event()  # never set: we wait for Ctrl-C or SIGTERM
+            while not forever.wait(SIGNAL_CHECK_INTERVAL):
+                pass
         else:
             url = options.url
             if url is None:

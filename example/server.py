@@ -75,10 +75,9 @@ class EchoServer:
         """Stop accepting, close open connections with 1001, wait for their handlers, and
         join the serving thread. Blocks until then; idempotent."""
         if not self._started:
-            # websockets' shutdown() waits for serve_forever() to let go of the socket:
-            # with no serve_forever() running, closing the socket is the whole shutdown.
-            self._server.socket.close()
-            return
+            # websockets' shutdown() waits for serve_forever() to let go of the socket.
+            self._serve_thread.start()
+            self._started = True
         self._server.shutdown()
         if self._serve_thread.is_alive():
             self._serve_thread.join(JOIN_TIMEOUT)
