@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
 # Copyright The wsengine authors
-"""``python -m benchmarks``: run the throughput and pause-latency benchmark."""
+"""``python -m benchmarks``: run the benchmark figures (see ``run.py``)."""
 
 import sys
 

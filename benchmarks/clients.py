@@ -58,6 +58,93 @@ def _raw(url: str, count: int, **options: Any) -> tuple[int, float, str | bytes]
     return received, elapsed, last
 
 
+class DropExporter:
+    """A span exporter that counts the spans it is given and drops them: the OTel figures
+    measure making spans, not shipping them."""
+
+    def __init__(self) -> None:
+        self.spans = 0
+
+    def export(self, spans: Any) -> Any:
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        self.spans += len(spans)
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        pass
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+#: Queue bound of the BatchSpanProcessor: large enough that no span is dropped in a run
+#: (a dropped span is cheaper than an exported one, which would flatter the faster client).
+OTEL_MAX_QUEUE = 2**20
+
+
+class _OtelSdk:
+    """The SDK set-up shared by ``raw-otel`` and ``wsengine-otel``: a global
+    TracerProvider, AlwaysOn sampler, BatchSpanProcessor feeding a :class:`DropExporter`."""
+
+    def __init__(self) -> None:
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+        from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+
+        self.exporter = DropExporter()
+        self.provider = TracerProvider(sampler=ALWAYS_ON)
+        self.provider.add_span_processor(BatchSpanProcessor(
+            self.exporter,  # type: ignore[arg-type]
+            max_queue_size=OTEL_MAX_QUEUE, max_export_batch_size=512,
+        ))
+        trace.set_tracer_provider(self.provider)
+
+    def finish(self) -> int:
+        """Flush and shut the provider down; return how many spans were exported."""
+        self.provider.shutdown()
+        return self.exporter.spans
+
+
+#: Spans exported in an OTel run (reported beside the result), set by the OTel runners.
+_spans_exported: int | None = None
+
+
+def _raw_otel(url: str, count: int) -> tuple[int, float, str | bytes]:
+    """The raw loop with one SDK span per message, current while the message is handled,
+    carrying the same two attributes as wsengine's ``wsengine.receive`` span."""
+    global _spans_exported
+    import websocket
+    from opentelemetry import trace
+
+    sdk = _OtelSdk()
+    tracer = trace.get_tracer("benchmarks.raw")
+    start_span = tracer.start_as_current_span
+    started = time.perf_counter()
+    ws = websocket.create_connection(url)
+    try:
+        received = 0
+        last: str | bytes = b""
+        while received < count:
+            data = ws.recv()
+            if not data:
+                break
+            with start_span("receive", attributes={
+                "wsengine.message.type": "TEXT" if isinstance(data, str) else "BINARY",
+                "wsengine.message.size": len(data),
+            }):
+                last = data
+                received += 1
+        elapsed = time.perf_counter() - started
+        while ws.recv():
+            pass
+    finally:
+        ws.shutdown()  # type: ignore[no-untyped-call]
+    _spans_exported = sdk.finish()
+    return received, elapsed, last
+
+
 def _wsapp(url: str, count: int) -> tuple[int, float, str | bytes]:
     import websocket
 
@@ -140,10 +227,22 @@ class _Counting:
         self.client = Client()
 
 
-def _engine_runner(workers: int, adapter_name: str | None = None) -> Runner:
+def _engine_runner(workers: int, adapter_name: str | None = None,
+                   telemetry: str | None = None) -> Runner:
+    """A wsengine throughput run; ``telemetry``: None (the default, no SDK), ``"sdk"``
+    (:class:`_OtelSdk`) or ``"noop"`` (NoOp tracer and meter providers set globally)."""
     def run(url: str, count: int) -> tuple[int, float, str | bytes]:
+        global _spans_exported
         from wsengine import WebsocketEngine
 
+        sdk = None
+        if telemetry == "sdk":
+            sdk = _OtelSdk()
+        elif telemetry == "noop":
+            from opentelemetry import metrics, trace
+
+            trace.set_tracer_provider(trace.NoOpTracerProvider())
+            metrics.set_meter_provider(metrics.NoOpMeterProvider())
         config, adapter = _engine_parts(workers, adapter_name)
         counting = _Counting(count)
         engine = WebsocketEngine(url, counting.client, adapter=adapter, config=config)
@@ -154,6 +253,8 @@ def _engine_runner(workers: int, adapter_name: str | None = None) -> Runner:
         finally:
             engine.stop(timeout=5)
             engine.wait(5)
+        if sdk is not None:
+            _spans_exported = sdk.finish()
         if not counting.reached.is_set():
             return counting.delivered, time.perf_counter() - started, b""
         # Not counting.delivered: with several workers its last write may be an earlier n.
@@ -177,7 +278,16 @@ def _check_websockets() -> None:
     import websockets.sync.client  # noqa: F401
 
 
-#: name -> (throughput runner, import check, is a wsengine client)
+def _check_otel() -> None:
+    import opentelemetry.sdk.trace  # noqa: F401
+
+
+def _check_engine_otel() -> None:
+    _check_engine(1)()
+    _check_otel()
+
+
+#: name -> (throughput runner, import check, has the pause-latency run)
 CLIENTS: dict[str, tuple[Runner, Callable[[], None], bool]] = {
     "raw": (_raw, _check_websocket_client, False),
     "raw-noutf8": (lambda url, count: _raw(url, count, skip_utf8_validation=True),
@@ -187,6 +297,10 @@ CLIENTS: dict[str, tuple[Runner, Callable[[], None], bool]] = {
     "wsengine-w1": (_engine_runner(1), _check_engine(1), True),
     "wsengine-w4": (_engine_runner(4), _check_engine(4), True),
     "wsengine-ws": (_engine_runner(1, "websockets"), _check_engine(1, "websockets"), True),
+    # The OpenTelemetry figure: SDK on (spans per message) and the two no-SDK baselines.
+    "raw-otel": (_raw_otel, _check_otel, False),
+    "wsengine-otel": (_engine_runner(1, telemetry="sdk"), _check_engine_otel, False),
+    "wsengine-noop": (_engine_runner(1, telemetry="noop"), _check_engine(1), False),
 }
 
 #: Seconds a run may take; set from --timeout (the watchdog's limit, minus a margin).
@@ -300,6 +414,8 @@ def main(argv: list[str] | None = None) -> int:
             messages, seconds, last = runner(args.url, args.count)
             result = {"client": args.client, "messages": messages, "seconds": seconds,
                       "last": describe_message(last)}
+            if _spans_exported is not None:
+                result["spans"] = _spans_exported
     except ImportError as exc:  # a half-written package counts as not available
         result = {"unavailable": f"{type(exc).__name__}: {exc}"}
     except Exception as exc:  # reported to the parent, which shows it in the table
