@@ -334,6 +334,21 @@ class _EngineConnection(ClientConnection):
         )
         self.recv_messages = self.message_queue
 
+    def handshake(self, *args: Any, **kwargs: Any) -> None:
+        """websockets' opening handshake; a server that spoke first fails it cleanly.
+
+        A server that sends something that is not HTTP before it got our request (an SMTP
+        banner, A5) makes websockets' thread reject the response while the request is
+        still being sent, and websockets trips on an assertion; the rejection is the
+        error that matters.
+        """
+        try:
+            super().handshake(*args, **kwargs)
+        except AssertionError:
+            if self.protocol.handshake_exc is None:
+                raise
+            raise self.protocol.handshake_exc from None
+
     def maybe_raise_legacy_warning(self) -> None:
         """Never warn: the adapter owns the connection's life cycle."""
         return None
@@ -357,10 +372,20 @@ class _EngineConnection(ClientConnection):
             messages.put(event)
 
     def send_data(self) -> None:
-        """websockets' ``send_data``, then wake the reader if the connection is closing."""
+        """websockets' ``send_data``, then wake whoever waits on a state change.
+
+        websockets' thread calls it after each chunk of data it parsed, holding the
+        protocol mutex.
+        """
         super().send_data()
+        if self.response is None:
+            if self.protocol.handshake_exc is not None:
+                # A response that is not HTTP fails the handshake at once; websockets would
+                # wait for the server to close TCP, up to open_timeout (A5).
+                self.response_rcvd.set()
+            return
         messages = self.message_queue
-        if messages is not None and self.response is not None and self.state is not OPEN:
+        if messages is not None and self.state is not OPEN:
             messages.wake()
 
 
@@ -373,12 +398,14 @@ class WebsocketsAdapter(ConnectionAdapter):
 
     Differences from :class:`~wsengine.adapters.websocket_client.WebsocketClientAdapter`:
 
-    - Redirects (A11): websockets 17 follows 301/302/303/307/308 with a ``Location``, up to
-      ``WEBSOCKETS_MAX_REDIRECTS`` (default 10) times, refusing a ``wss://`` to ``ws://``
-      downgrade and dropping ``Authorization``/``Cookie`` headers on a cross-origin
-      redirect. Too many redirects raise ``HandshakeError(status=None)``; a 3xx without
-      ``Location`` raises ``HandshakeError`` with its status. (websockets 14-16 did not
-      follow redirects: any 3xx is a ``HandshakeError`` with its status there.)
+    - Redirects (A11): websockets 17 follows 301/302/303/307/308 with a ``Location``
+      (relative ones too), making at most ``WEBSOCKETS_MAX_REDIRECTS`` requests (an
+      environment variable read at import; default 10, so 9 redirects). It refuses a
+      ``wss://`` to ``ws://`` downgrade and drops the ``Authorization``, ``Cookie`` and
+      ``Proxy-Authorization`` headers on a cross-origin redirect. Too many redirects raise
+      ``HandshakeError(status=None)``; a 3xx without ``Location`` raises
+      ``HandshakeError`` with its status. (websockets 16 and older do not follow
+      redirects: any 3xx is a ``HandshakeError`` with its status there.)
     - Keepalive: websockets' own is off (``ping_interval=None``) unless given as an
       option; the engine pings.
     - Closing: after a protocol error the adapter waits for the server to close TCP, as
