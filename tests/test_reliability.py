@@ -54,8 +54,11 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
+
+from websockets.sync.server import ServerConnection, serve
 
 from tests.support.proxy import Direction, FaultProxy, Scope
 from tests.support.rawserver import RawConnection
@@ -181,6 +184,16 @@ def stop_and_check(engine: WebsocketEngine, timeout: float | None = None) -> Non
     wait_for(lambda: not engine_threads(), timeout=3)
 
 
+def wait_open(engine: WebsocketEngine, client: Recorder, count: int,
+              timeout: float = 5.0) -> None:
+    """Wait for the ``count``-th on_open and for its session to be published: the engine
+    sets ``session`` and ``OPEN`` only after on_open returned, so a send() right after
+    the callback could still find no session."""
+    client.wait_count("open", count, timeout)
+    wait_for(lambda: engine.state is EngineState.OPEN and engine.session is not None,
+             timeout)
+
+
 def closed_port() -> int:
     """A port on 127.0.0.1 with no listener (bound, then released)."""
     probe = socket.socket()
@@ -222,6 +235,21 @@ def first_then_idle(fault: Callable[[RawConnection], None]) -> Callable[[RawConn
             serve_idle(conn)
 
     return script
+
+
+@contextmanager
+def serve_on(port: int, handler: Callable[[ServerConnection], None]) -> Iterator[int]:
+    """A websockets server on 127.0.0.1:``port`` (0: any) for the length of the block;
+    yields its port. Unlike ``run_ws_server`` it keeps no connection objects."""
+    server = serve(handler, "127.0.0.1", port, close_timeout=1.0)
+    thread = threading.Thread(target=server.serve_forever, name="test-ws-serve-on", daemon=True)
+    thread.start()
+    try:
+        yield server.socket.getsockname()[1]
+    finally:
+        server.shutdown()
+        thread.join(5)
+        assert not thread.is_alive()
 
 
 def hold(seconds: float) -> None:

@@ -26,6 +26,7 @@ from tests.test_reliability import (
     Recorder,
     fast,
     stop_and_check,
+    wait_open,
 )
 from wsengine import (
     CloseMessage,
@@ -87,7 +88,7 @@ def test_c1_bad_url_from_a_callable_fails_start_not_a_thread(echo_server: WsServ
     session = engine.session
     assert session is not None
     session.restart()
-    client.wait_count("open", 2)
+    wait_open(engine, client, 2)
     stop_and_check(engine)
     ((error, count),) = client.details("restart_error")
     assert isinstance(error, ConfigError) and count == 1
@@ -205,7 +206,7 @@ def test_c6_raising_on_close_after_a_server_close_still_reconnects() -> None:
     with run_ws_server(close_first) as server:
         engine = WebsocketEngine(server.url, client, config=FAST)
         engine.start()
-        client.wait_count("open", 2)
+        wait_open(engine, client, 2)
         stop_and_check(engine)
     assert client.details("close") == [CloseMessage(1012, "restarting"), None]
 
@@ -269,7 +270,7 @@ def test_c6_raising_on_close_error_does_not_stop_the_reconnect(echo_server: WsSe
     session = engine.session
     assert session is not None
     session.restart()
-    client.wait_count("open", 2)
+    wait_open(engine, client, 2)
     engine.send("reconnected")
     client.wait_count("message", 1)
     stop_and_check(engine)
@@ -294,7 +295,7 @@ def test_c6_raising_on_restart_error_does_not_stop_the_retries() -> None:
         session = engine.session
         assert session is not None
         session.restart()
-        client.wait_count("open", 2)
+        wait_open(engine, client, 2)
         stop_and_check(engine)
     assert [count for _, count in client.details("restart_error")] == [1, 2]
 
@@ -318,7 +319,7 @@ def test_c6_raising_on_open_while_restarting_is_a_failed_retry(echo_server: WsSe
     session = engine.session
     assert session is not None
     session.restart()
-    client.wait_count("open", 4)
+    wait_open(engine, client, 4)
     engine.send("third time lucky")
     client.wait_count("message", 1)
     stop_and_check(engine)
@@ -432,7 +433,7 @@ def test_c16_restart_twice_from_on_message_reconnects_once(echo_server: WsServer
     engine = WebsocketEngine(echo_server.url, client, config=FAST)
     engine.start()
     engine.send("restart")
-    client.wait_count("open", 2)
+    wait_open(engine, client, 2)
     engine.send("after")
     client.wait_until(lambda: Message(MessageType.TEXT, "after") in client.messages)
     assert client.names("open", "close") == ["open", "close", "open"]
@@ -508,7 +509,7 @@ def test_c16_restart_of_an_ended_session_during_the_retry_loop_is_a_noop() -> No
         stale.append(session)
         refusals["left"] = 2
         session.restart()
-        client.wait_count("open", 2)
+        wait_open(engine, client, 2)
         engine.send("settled")
         client.wait_count("message", 1)
         assert client.names("open", "close") == ["open", "close", "open"]

@@ -10,13 +10,12 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from websockets.exceptions import ConnectionClosed
-from websockets.sync.server import ServerConnection, serve
+from websockets.sync.server import ServerConnection
 
 from tests.conftest import TlsMaterial
 from tests.support.proxy import Direction, FaultProxy, Scope
@@ -32,8 +31,10 @@ from tests.test_reliability import (
     first_then_idle,
     hold,
     serve_idle,
+    serve_on,
     stop_and_check,
     thread_in,
+    wait_open,
 )
 from wsengine import (
     CloseMessage,
@@ -91,7 +92,7 @@ def test_b1_server_close_is_reported_once_echoed_then_reconnected(code: int) -> 
     with run_ws_server(first_connection_then_echo(close_at_once)) as server:
         engine = WebsocketEngine(server.url, client, config=FAST)
         engine.start()
-        client.wait_count("open", 2)
+        wait_open(engine, client, 2)
         engine.send("after the reconnect")
         client.wait_count("message", 1)
         wait_for(lambda: server.connections[0].close_code is not None)
@@ -115,7 +116,7 @@ def test_b2_tcp_fin_without_close_frame_is_1006_then_reconnect() -> None:
         engine.start()
         dropped = time.monotonic()
         proxy.drop()
-        client.wait_count("open", 2)
+        wait_open(engine, client, 2)
         engine.send("again")
         client.wait_count("message", 1)
         stop_and_check(engine)
@@ -134,7 +135,7 @@ def test_b3_tcp_reset_is_1006_then_reconnect(caplog: pytest.LogCaptureFixture) -
         engine.start()
         reset = time.monotonic()
         proxy.reset()
-        client.wait_count("open", 2)
+        wait_open(engine, client, 2)
         engine.send("again")
         client.wait_count("message", 1)
         stop_and_check(engine)
@@ -161,7 +162,7 @@ def test_b4_black_hole_is_detected_by_keepalive_then_reconnect() -> None:
         proxy.black_hole(scope=Scope.EXISTING)  # later connections pass
         client.wait_count("close", 1, timeout=3)
         proxy.wait(lambda: proxy.link(1).client_gone, timeout=1)
-        client.wait_count("open", 2)
+        wait_open(engine, client, 2)
         engine.send("after")
         client.wait_count("message", 2)
         stop_and_check(engine)
@@ -190,7 +191,7 @@ def test_b5_peer_that_never_pongs_is_dead_and_no_1006_goes_on_the_wire() -> None
     with RawServer(first_then_idle(mute)) as raw:
         engine = WebsocketEngine(raw.url, client, config=KEEPALIVE)
         engine.start()
-        client.wait_count("open", 2, timeout=3)
+        wait_open(engine, client, 2, timeout=3)
         stop_and_check(engine)
     (lost, stopped) = client.details("close")
     assert lost.code == 1006 and stopped is None
@@ -301,7 +302,7 @@ def test_b9_truncation_mid_frame_is_1006_with_no_partial_message() -> None:
         engine.start()
         proxy.limit_data(10, Direction.DOWN, Scope.EXISTING)
         engine.send("go")
-        client.wait_count("open", 2)
+        wait_open(engine, client, 2)
         assert client.messages == []
         engine.send("whole")
         client.wait_count("message", 1)
@@ -326,7 +327,7 @@ def run_against_raw(
             config=fast(workers=1),
         )
         engine.start()
-        client.wait_count("open", 2)
+        wait_open(engine, client, 2)
         stop_and_check(engine)
     return client
 
@@ -379,7 +380,7 @@ def test_b13_message_over_max_size_from_a_real_server_is_1009() -> None:
         engine = WebsocketEngine(server.url, client, adapter=adapter, config=FAST)
         engine.start()
         engine.send("go")
-        client.wait_count("open", 2)
+        wait_open(engine, client, 2)
         wait_for(lambda: server.connections[0].close_code is not None)
         sent = server.connections[0].close_code
         engine.send(b"x" * 1024)
@@ -531,7 +532,7 @@ def test_b19_server_keeping_tcp_open_after_close_is_cut_off() -> None:
     with RawServer(first_then_idle(close_no_fin)) as raw:
         engine = WebsocketEngine(raw.url, client, config=config)
         engine.start()
-        client.wait_count("open", 2)
+        wait_open(engine, client, 2)
         wait_for(lambda: bool(timings))
         stop_and_check(engine)
     ((code, closed, took),) = timings
@@ -621,20 +622,6 @@ def test_b22_stop_aborts_a_send_blocked_by_a_peer_that_does_not_read(
 # -- B23-B24: the server restarts or stays away ------------------------------------------
 
 
-@contextmanager
-def serve_on(port: int, handler: Callable[[ServerConnection], None]) -> Iterator[None]:
-    """A websockets server on 127.0.0.1:``port`` for the length of the block."""
-    server = serve(handler, "127.0.0.1", port, close_timeout=1.0)
-    thread = threading.Thread(target=server.serve_forever, name="test-ws-restart", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        server.shutdown()
-        thread.join(5)
-        assert not thread.is_alive()
-
-
 def test_b23_server_restarted_five_times_on_the_same_port() -> None:
     """B23: five server restarts on one port give five reconnects; retry_count starts at 1
     after each good connection; on_open and on_close alternate strictly."""
@@ -648,7 +635,7 @@ def test_b23_server_restarted_five_times_on_the_same_port() -> None:
             failures = client.count("restart_error")
             client.wait_until(lambda f=failures: client.count("restart_error") > f)  # type: ignore[misc]
             with serve_on(port, echo_handler):
-                client.wait_count("open", restart + 1)
+                wait_open(engine, client, restart + 1)
                 engine.send(f"cycle {restart}")
                 client.wait_count("message", restart)
         client.wait_count("close", 6)
@@ -729,12 +716,12 @@ def test_b24_backoff_exponent_resets_only_after_a_long_enough_connection() -> No
     with run_ws_server(flapping) as server:
         engine = WebsocketEngine(server.url, client, config=config)
         engine.start()
-        client.wait_count("open", 3, timeout=3)
+        wait_open(engine, client, 3, timeout=3)
         opened = client.times("open")[2]
         wait_for(lambda: time.monotonic() - opened >= config.reconnect_reset_after + 0.05,
                  timeout=3)
         release_third.set()
-        client.wait_count("open", 4, timeout=3)
+        wait_open(engine, client, 4, timeout=3)
         stop_and_check(engine)
     opens = client.times("open")
     closes = client.times("close")
@@ -807,7 +794,7 @@ def test_b26_tls_peer_vanishing_without_close_notify_is_1006(tls: TlsMaterial) -
         engine = WebsocketEngine(server.url, client, adapter=adapter, config=FAST)
         engine.start()
         engine.send("bye")
-        client.wait_count("open", 2)
+        wait_open(engine, client, 2)
         engine.send("still secure")
         client.wait_count("message", 1)
         stop_and_check(engine)
@@ -834,7 +821,7 @@ def test_b27_pause_longer_than_the_server_keepalive() -> None:
             assert proxy.bytes_up == up  # no ping, no pong, nothing from us
             assert client.names() == ["open"]
             released = time.monotonic()
-        client.wait_count("open", 2, timeout=3)
+        wait_open(engine, client, 2, timeout=3)
         stop_and_check(engine)
     assert released - paused >= 1.0
     (closed, stopped) = client.details("close")
