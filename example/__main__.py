@@ -287,6 +287,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as error:
         logger.error("%s", error)  # the server could not bind, for instance
         status = 1
+    except ValueError as error:
+        # A bad --url (wsengine's ConfigError is a ValueError) or OTEL_METRICS_EXPORTER.
+        logger.error("%s", error)
+        status = 2
     finally:
         if server is not None:
             server.shutdown()

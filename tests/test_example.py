@@ -243,6 +243,15 @@ def test_client_mode_exits_1_when_it_cannot_connect() -> None:
     assert "could not connect" in result.stderr
 
 
+def test_bad_url_exits_2() -> None:
+    """A URL that is not ws:// or wss:// is refused before any connection, with status 2."""
+    result = run_example("--mode", "client", "--url", "http://127.0.0.1:1/", "--no-console-spans")
+
+    assert result.returncode == 2
+    assert "ws:// or wss://" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_parse_args_defaults() -> None:
     """With no flag and no variable, both sides run on 127.0.0.1:8765 every 5 s, forever."""
     assert parse_args([], {}) == Options(
