@@ -671,6 +671,26 @@ def test_empty_close_is_1005_and_never_sent_back(adapter: ConnectionAdapter) -> 
     assert replies == [(None, "")]
 
 
+def test_close_in_the_middle_of_a_fragmented_message(adapter: ConnectionAdapter) -> None:
+    """A close frame between two fragments ends the connection cleanly: the half message
+    is dropped and the close code echoed (Autobahn 7.1.5)."""
+    replies: list[tuple[int | None, str]] = []
+
+    def close_mid_message(conn: RawConnection) -> None:
+        conn.send_raw(server_frame(0x1, b"fragment1", fin=False) + close_frame(1000))
+        replies.append(conn.expect_close(5))
+        conn.send_frame(0x0, b"fragment2")
+
+    with RawServer(close_mid_message) as server:
+        adapter.dial(server.url, 5)
+        with pytest.raises(ConnectionClosedError) as info:
+            adapter.read(5)
+        assert info.value.code == 1000
+        assert not isinstance(info.value, ProtocolError)
+        adapter.close(timeout=2)
+    assert replies == [(1000, "")]
+
+
 def test_server_keeping_tcp_open_after_close_is_cut_off(adapter: ConnectionAdapter) -> None:
     """After the server's close, close() drops TCP within its timeout (B19)."""
     closed_by_client: list[bool] = []

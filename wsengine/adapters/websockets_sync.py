@@ -301,6 +301,27 @@ class _MessageQueue(Assembler):
             self.resume()
 
 
+def _allow_close_between_fragments(protocol: Protocol) -> None:
+    """Let the peer close in the middle of a fragmented message.
+
+    websockets fails a close frame that comes between two fragments with 1002
+    ("incomplete fragmented message"), but RFC 6455 lets control frames come between
+    fragments (5.4) and the peer close at any time (5.5.1): Autobahn 7.1.5 expects the
+    close to be echoed with 1000. Forgetting the message in progress when the close frame
+    comes lets websockets' own close handling run; the half message is dropped by
+    :class:`_MessageQueue` (nothing can complete it). The sans-I/O protocol is built by
+    ``connect()`` itself, hence the wrapper on this one instance.
+    """
+    recv_frame = protocol.recv_frame
+
+    def recv_frame_allowing_close(frame: Frame) -> None:
+        if frame.opcode is _CLOSE:
+            protocol.current_size = None
+        recv_frame(frame)
+
+    setattr(protocol, "recv_frame", recv_frame_allowing_close)  # noqa: B010 - mypy: method
+
+
 class _EngineConnection(ClientConnection):
     """websockets' ``ClientConnection`` with the hooks :class:`WebsocketsAdapter` needs.
 
@@ -321,6 +342,7 @@ class _EngineConnection(ClientConnection):
         self.teardown_mutex = threading.Lock()
         self.torn_down = False
         self.aborted = False
+        _allow_close_between_fragments(protocol)
         super().__init__(sock, protocol, **kwargs)
         # The adapter never uses connect() as a context manager: no deprecation warning.
         self.pending_legacy_warning = False
