@@ -75,6 +75,9 @@ logger = logging.getLogger("wsengine")
 #: A URL, or a function returning one, called before every dial (fresh tokens).
 UrlSource = str | Callable[[], str]
 
+#: Seconds between wake-ups of ``run_forever()``'s wait, so Ctrl-C is acted on promptly.
+SIGNAL_CHECK_INTERVAL = 0.25
+
 #: Seconds ``stop()`` waits for threads after aborting the socket, before it gives up on
 #: them (a callback that never returns) and reports them.
 ABORT_GRACE = 1.0
@@ -365,7 +368,10 @@ class WebsocketEngine:
         """
         try:
             self.start()
-            self.wait()
+            # Wait in slices: a signal the OS delivers to another thread only sets a flag,
+            # and the main thread runs Python signal handlers (Ctrl-C) when it wakes.
+            while not self.wait(SIGNAL_CHECK_INTERVAL):
+                pass
         except KeyboardInterrupt:
             logger.info("interrupted: stopping")
             self.stop()
