@@ -146,18 +146,20 @@ def inside(thread: threading.Thread, function: str) -> bool:
     return False
 
 
-def read_outcome(adapter: ConnectionAdapter, timeout: float | None) -> Callable[[], Any]:
-    """A thread target that stores what ``adapter.read(timeout)`` returned or raised."""
-    outcome: list[Any] = []
+class ReaderThread:
+    """Runs ``adapter.read(timeout)`` in a thread and keeps what it returned or raised."""
 
-    def run() -> None:
+    def __init__(self, adapter: ConnectionAdapter, timeout: float | None) -> None:
+        self.outcome: list[Any] = []
+        self._adapter = adapter
+        self._timeout = timeout
+        self.thread = start_thread(self._run, "reader")
+
+    def _run(self) -> None:
         try:
-            outcome.append(adapter.read(timeout))
+            self.outcome.append(self._adapter.read(self._timeout))
         except BaseException as error:
-            outcome.append(error)
-
-    run.outcome = outcome  # type: ignore[attr-defined]
-    return run
+            self.outcome.append(error)
 
 
 # -- opening handshake -------------------------------------------------------------------
@@ -179,6 +181,7 @@ def test_dial_negotiates_a_subprotocol(make_adapter: AdapterFactory) -> None:
     with run_ws_server(echo_handler, subprotocols=["chat.v2"]) as server:
         conn = make_adapter(subprotocols=["chat.v1", "chat.v2"])
         assert conn.dial(server.url, 5).subprotocol == "chat.v2"
+        conn.abort()
 
 
 def test_options_reach_the_server(make_adapter: AdapterFactory) -> None:
@@ -417,7 +420,9 @@ def test_tls_peer_vanishing_is_1006(tls: TlsMaterial, make_adapter: AdapterFacto
 def test_text_and_binary_round_trip(echo_server: WsServer, adapter: ConnectionAdapter) -> None:
     """str goes out as TEXT and bytes-likes as BINARY, and come back with their type."""
     adapter.dial(echo_server.url, 5)
-    for data in ("héllo", b"\x00\x01", bytearray(b"ba"), memoryview(b"mv"), "", b""):
+    # bytearray and memoryview are bytes-like: accepted although the hint says bytes.
+    sent: list[Any] = ["héllo", b"\x00\x01", bytearray(b"ba"), memoryview(b"mv"), "", b""]
+    for data in sent:
         adapter.write(data)
     received = [adapter.read(5) for _ in range(6)]
     assert received == [
@@ -503,6 +508,7 @@ def test_max_size_none_accepts_a_16_mib_message(make_adapter: AdapterFactory) ->
         conn.dial(server.url, 5)
         conn.write(payload)
         message = conn.read(30)
+        conn.abort()
         assert message is not None
         assert message.data == payload
 
@@ -596,7 +602,12 @@ def test_client_close_handshake(echo_server: WsServer, adapter: ConnectionAdapte
     adapter.close(4001, "done here", timeout=5)
     wait_for(lambda: server_close_code(echo_server) == 4001)
     assert echo_server.connections[0].close_reason == "done here"
-    for call in (lambda: adapter.read(1), lambda: adapter.write("late"), adapter.ping):
+    calls: list[Callable[[], object]] = [
+        lambda: adapter.read(1),
+        lambda: adapter.write("late"),
+        lambda: adapter.ping(),
+    ]
+    for call in calls:
         with pytest.raises(ConnectionClosedError) as info:
             call()
         assert info.value.code == 4001
@@ -887,8 +898,8 @@ def test_closing_unblocks_a_blocked_reader(
 ) -> None:
     """abort() or close() from another thread makes a read(None) raise, promptly."""
     adapter.dial(echo_server.url, 5)
-    reader = read_outcome(adapter, None)
-    thread = start_thread(reader, "reader")
+    reader = ReaderThread(adapter, None)
+    thread = reader.thread
     wait_for(lambda: inside(thread, "read"))
     started = time.monotonic()
     if how == "abort":
@@ -898,7 +909,7 @@ def test_closing_unblocks_a_blocked_reader(
     thread.join(5)
     assert not thread.is_alive()
     assert time.monotonic() - started < 3
-    outcome = reader.outcome  # type: ignore[attr-defined]
+    outcome = reader.outcome
     assert len(outcome) == 1
     assert isinstance(outcome[0], ConnectionClosedError)
     assert outcome[0].code == (1006 if how == "abort" else 1000)
@@ -1077,3 +1088,30 @@ def test_wait_readable_returns_when_the_peer_closes(adapter: ConnectionAdapter) 
         with pytest.raises(ConnectionClosedError) as info:
             adapter.read_available(10)
         assert (info.value.code, info.value.reason) == (1001, "bye")
+
+
+def test_a_reader_by_hand_is_served_while_the_engine_waits(adapter: ConnectionAdapter) -> None:
+    """With the engine's reader blocked in wait_readable, a user reading by hand (under
+    the pause lock) gets the next message as soon as it comes."""
+    send = threading.Event()
+
+    def answer_later(conn: RawConnection) -> None:
+        send.wait(5)
+        conn.send_frame(0x1, b"for the user")
+        conn.wait_eof(5)
+
+    with RawServer(answer_later) as server:
+        adapter.dial(server.url, 5)
+
+        def engine_reader() -> None:
+            adapter.wait_readable(10)
+
+        thread = start_thread(engine_reader, "engine-reader")
+        wait_for(lambda: inside(thread, "wait_readable"))
+        send.set()
+        started = time.monotonic()
+        assert adapter.read(5) == Message(TEXT, "for the user")
+        assert time.monotonic() - started < 1
+        adapter.wake_reader()
+        thread.join(5)
+        assert not thread.is_alive()

@@ -188,7 +188,9 @@ class _MessageQueue(Assembler):
                 return
             self.frames.put(frame)
             self.maybe_pause()
-            self.readable.notify()
+            # All: the engine's reader in wait_readable and a user reading by hand under
+            # the pause lock may both be waiting.
+            self.readable.notify_all()
 
     def finish(self) -> None:
         """The peer's close frame came: once the queue is empty, ``pop`` raises EOFError."""
@@ -218,18 +220,23 @@ class _MessageQueue(Assembler):
             self.readable.notify_all()
 
     def wake(self) -> None:
-        """Make a ``wait`` in another thread (or the next one) return now."""
+        """Make every ``wait`` return now; the next ``wait(wakeable=True)`` too."""
         with self.mutex:
             self.wakeup = True
             self.readable.notify_all()
 
-    def wait(self, timeout: float | None) -> bool:
+    def wait(self, timeout: float | None, *, wakeable: bool) -> bool:
         """Block until a frame is queued, the stream ended, ``wake`` ran or ``timeout``
-        passed; True if ``pop`` has something to return or raise."""
+        passed; True if ``pop`` has something to return or raise.
+
+        Only a ``wakeable`` wait (``wait_readable``) consumes a pending ``wake``: a reader
+        re-checks its own conditions after any wake-up.
+        """
         with self.mutex:
-            if not self._ready() and not self.wakeup:
+            if not self._ready() and not (wakeable and self.wakeup):
                 self.readable.wait(timeout)
-            self.wakeup = False
+            if wakeable:
+                self.wakeup = False
             return self._ready()
 
     def pop(self) -> Message | None:
@@ -660,7 +667,7 @@ class WebsocketsAdapter(ConnectionAdapter):
                 if left <= 0:
                     return True
                 wait = left if wait is None else min(wait, left)
-        return messages.wait(wait)
+        return messages.wait(wait, wakeable=True)
 
     def wake_reader(self) -> None:
         """Make a :meth:`wait_readable` blocked in another thread return now."""
@@ -727,7 +734,7 @@ class WebsocketsAdapter(ConnectionAdapter):
                     wait = left if wait is None else min(wait, left)
             if not blocking or (wait is not None and wait <= 0):
                 return None
-            messages.wait(wait)
+            messages.wait(wait, wakeable=False)
 
     @staticmethod
     def _closing_left(conn: _EngineConnection) -> float | None:
