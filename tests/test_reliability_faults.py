@@ -204,14 +204,18 @@ def test_b5_peer_that_never_pongs_is_dead_and_no_1006_goes_on_the_wire() -> None
 
 def test_b6_quiet_healthy_peer_is_not_disconnected() -> None:
     """B6: a server idle for 10 ping intervals that answers pings is never declared dead;
-    the pings reach it (PROXY counts 6-byte ping frames going up)."""
-    config = fast(ping_interval=0.1, ping_timeout=0.1)
+    the pings reach it (PROXY counts 6-byte ping frames going up, 2-byte pongs down)."""
+    config = fast(ping_interval=0.1, ping_timeout=0.2)
     client = Recorder()
     with run_ws_server(echo_handler) as server, FaultProxy(server.port) as proxy:
         engine = WebsocketEngine(proxy.url, client, config=config)
         engine.start()
+        opened = time.monotonic()
         up, down = proxy.bytes_up, proxy.bytes_down
-        proxy.wait(lambda: proxy.bytes_up - up >= 6 * 10, timeout=10 * 0.2 * 3)
+        proxy.wait(
+            lambda: time.monotonic() - opened >= 10 * 0.1 and proxy.bytes_up - up >= 6 * 3,
+            timeout=10 * 0.1 * 3,
+        )
         pings = (proxy.bytes_up - up) // 6
         proxy.wait(lambda: proxy.bytes_down - down >= 2 * (pings - 1), timeout=1)
         assert (proxy.bytes_up - up) % 6 == 0  # nothing but empty pings went up
@@ -221,10 +225,57 @@ def test_b6_quiet_healthy_peer_is_not_disconnected() -> None:
     assert proxy.connections == 1
 
 
+@pytest.mark.parametrize(
+    ("interval", "timeout"),
+    [
+        (0.2, 0.1),
+        pytest.param(0.1, 0.1, marks=pytest.mark.xfail(
+            strict=True,
+            reason="engine.py WebsocketEngine._serve waits ping_timeout after each ping "
+            "before the next ping_interval starts: with ping_timeout >= ping_interval "
+            "(the defaults, 20/20) pings go out every interval + timeout, not every "
+            "ping_interval",
+        )),
+        pytest.param(0.1, 0.3, marks=pytest.mark.xfail(
+            strict=True, reason="same defect as [0.1-0.1]: one ping per 0.4 s, not 0.1 s",
+        )),
+    ],
+)
+def test_b6_pings_go_out_every_ping_interval(interval: float, timeout: float) -> None:
+    """B6: on a quiet healthy connection the keepalive pings every ping_interval (API.md:
+    "seconds between keepalive pings"), whatever ping_timeout is."""
+    stamps: list[float] = []
+
+    def pong_and_stamp(conn: RawConnection) -> None:
+        try:
+            while True:
+                _, opcode, payload = conn.recv_frame(10)
+                if opcode == 0x9:
+                    stamps.append(time.monotonic())
+                    conn.send_frame(0xA, payload)
+                elif opcode == 0x8:
+                    conn.send_frame(0x8, payload[:2])
+                    return
+        except (EOFError, TimeoutError, OSError):
+            return
+
+    client = Recorder()
+    with RawServer(pong_and_stamp) as raw:
+        engine = WebsocketEngine(raw.url, client,
+                                 config=fast(ping_interval=interval, ping_timeout=timeout))
+        engine.start()
+        wait_for(lambda: len(stamps) >= 4, timeout=4 * (interval + timeout) * 2)
+        stop_and_check(engine)
+    gaps = sorted(b - a for a, b in itertools.pairwise(stamps))
+    median = gaps[len(gaps) // 2]
+    assert interval * 0.9 <= median <= interval * 1.5, gaps
+    assert client.names() == ["open", "close"]
+
+
 def test_b7_latency_below_ping_timeout_keeps_the_connection_and_the_order() -> None:
     """B7: 100 ms +- 50 ms of latency each way (PROXY, seeded) causes no disconnect while
     keepalive runs; with workers=1 messages arrive in order."""
-    config = fast(workers=1, ping_interval=0.2, ping_timeout=0.4)
+    config = fast(workers=1, ping_interval=0.2, ping_timeout=0.6)
     client = Recorder()
     pongs: set[float] = set()
     with run_ws_server(echo_handler) as server, FaultProxy(server.port, seed=7) as proxy:
@@ -237,11 +288,11 @@ def test_b7_latency_below_ping_timeout_keeps_the_connection_and_the_order() -> N
         adapter = engine.adapter
         assert isinstance(adapter, WebsocketClientAdapter)
 
-        def two_more_pongs() -> bool:
+        def two_pongs() -> bool:
             pongs.add(adapter.last_pong)
-            return len(pongs - {0.0}) >= 3
+            return len(pongs - {0.0}) >= 2
 
-        wait_for(two_more_pongs, timeout=3 * 0.6 * 3)
+        wait_for(two_pongs, timeout=2 * 0.8 * 3)
         assert client.names("open", "close") == ["open"]
         stop_and_check(engine)
     assert [m.data for m in client.messages] == [f"m{n}" for n in range(100)]
@@ -638,21 +689,20 @@ def test_b23_server_restarted_five_times_on_the_same_port() -> None:
                 wait_open(engine, client, restart + 1)
                 engine.send(f"cycle {restart}")
                 client.wait_count("message", restart)
-        client.wait_count("close", 6)
+                if restart == 5:
+                    stop_and_check(engine)  # before this server goes: no sixth retry loop
     finally:
         stop_and_check(engine)
-    names = client.names("open", "close")
-    assert names == ["open", "close"] * 6
+    assert client.names("open", "close") == ["open", "close"] * 6
     assert client.details("open") == [False] + [True] * 5
-    counts = [count for _, count in client.details("restart_error")]
-    runs = [list(g) for _, g in itertools.groupby(
+    assert client.details("close")[-1] is None
+    runs = [list(group) for _, group in itertools.groupby(
         client.events, key=lambda e: e.name == "restart_error"
     )]
     sequences = [[e.detail[1] for e in run] for run in runs if run[0].name == "restart_error"]
     assert len(sequences) == 5
     for sequence in sequences:
         assert sequence == list(range(1, len(sequence) + 1))
-    assert counts
 
 
 def test_b24_backoff_delays_follow_the_policy_and_exit_stops() -> None:
