@@ -10,6 +10,7 @@ import random
 import socket
 import threading
 import time
+import tracemalloc
 from collections.abc import Callable
 from typing import Any
 
@@ -46,6 +47,7 @@ from wsengine import (
     WebsocketEngine,
 )
 from wsengine._reconnect import backoff_delay
+from wsengine.adapters._frames import FrameError, FrameParser
 from wsengine.adapters.websocket_client import WebsocketClientAdapter
 
 TEXT = MessageType.TEXT
@@ -459,6 +461,44 @@ def test_b13_oversized_message_is_failed_from_its_headers(bad: bytes) -> None:
     wire: list[int | str | None] = []
     client = run_against_raw(violation(bad, wire))
     assert_failed_with(client, wire, 1009)
+
+
+@pytest.mark.parametrize(
+    ("opcode", "fragments"), [(0x1, 60_000), (0x2, 30_000)], ids=["text", "binary"]
+)
+@pytest.mark.xfail(
+    strict=True,
+    reason="adapters/_frames.py FrameParser._parse_frame appends every continuation "
+    "payload to _frag_parts, empty ones included, and max_size counts payload bytes only: "
+    "zero-length fragments grow memory without bound (about 8.6 bytes each) and never "
+    "trigger 1009",
+)
+def test_b13_zero_length_fragments_do_not_grow_memory(opcode: int, fragments: int) -> None:
+    """B13: a 2-byte message spread over tens of thousands of zero-length fragments keeps
+    the default adapter's memory bounded: either it fails the message (1009) or it holds
+    about the payload (plus one read chunk), not one entry per fragment."""
+    stream = (
+        server_frame(opcode, b"a", fin=False)
+        + server_frame(0x0, b"", fin=False) * fragments
+        + server_frame(0x0, b"z")
+    )
+    parser = FrameParser(1024)
+    out: list[Message] = []
+    tracemalloc.start()
+    try:
+        try:
+            for start in range(0, len(stream), 65536):
+                parser.feed(stream[start:start + 65536])
+                while parser.parse(out, 16) is not None:
+                    pass
+        except FrameError as error:
+            assert error.code in (1008, 1009)
+            return
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert [m.data for m in out] == (["az"] if opcode == 0x1 else [b"az"])
+    assert peak < 256 * 1024, f"peak {peak} bytes for a 2-byte message"
 
 
 AUTOBAHN_6_4_1 = (
