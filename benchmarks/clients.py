@@ -34,11 +34,22 @@ __all__ = ["CLIENTS", "main"]
 #: A throughput run: (url, count) -> (messages, seconds, the count-th message).
 Runner = Callable[[str, int], tuple[int, float, str | bytes]]
 
+#: CPU seconds (``time.process_time()``, all threads of the client) over the timed part of
+#: a throughput run, set by every runner: unlike the rate, it hardly moves when other
+#: processes take the machine's cores, so it compares code paths when the rates are noisy.
+_cpu_used: float | None = None
+
+
+def _cpu_since(started: float) -> None:
+    global _cpu_used
+    _cpu_used = time.process_time() - started
+
 
 def _raw(url: str, count: int, **options: Any) -> tuple[int, float, str | bytes]:
     import websocket
 
     started = time.perf_counter()
+    cpu_started = time.process_time()
     # websocket-client defaults: a blocking socket, UTF-8 validated in pure Python unless
     # wsaccel is installed.
     ws = websocket.create_connection(url, **options)
@@ -51,6 +62,7 @@ def _raw(url: str, count: int, **options: Any) -> tuple[int, float, str | bytes]
                 break
             received += 1
         elapsed = time.perf_counter() - started
+        _cpu_since(cpu_started)
         while ws.recv():  # drain to the server's close; recv() answers it
             pass
     finally:
@@ -122,6 +134,7 @@ def _raw_otel(url: str, count: int) -> tuple[int, float, str | bytes]:
     tracer = trace.get_tracer("benchmarks.raw")
     start_span = tracer.start_as_current_span
     started = time.perf_counter()
+    cpu_started = time.process_time()
     ws = websocket.create_connection(url)
     try:
         received = 0
@@ -137,6 +150,7 @@ def _raw_otel(url: str, count: int) -> tuple[int, float, str | bytes]:
                 last = data
                 received += 1
         elapsed = time.perf_counter() - started
+        _cpu_since(cpu_started)
         while ws.recv():
             pass
     finally:
@@ -154,10 +168,12 @@ def _wsapp(url: str, count: int) -> tuple[int, float, str | bytes]:
         state["received"] += 1
         if state["received"] == count:
             state["elapsed"] = time.perf_counter() - started
+            _cpu_since(cpu_started)
             state["last"] = message
 
     app = websocket.WebSocketApp(url, on_message=on_message)
     started = time.perf_counter()
+    cpu_started = time.process_time()
     app.run_forever()  # returns when the server closes
     return state["received"], state["elapsed"], state["last"]
 
@@ -167,6 +183,7 @@ def _websockets(url: str, count: int) -> tuple[int, float, str | bytes]:
     from websockets.sync.client import connect
 
     started = time.perf_counter()
+    cpu_started = time.process_time()
     elapsed: float | None = None
     received = 0
     last: str | bytes = b""
@@ -176,12 +193,14 @@ def _websockets(url: str, count: int) -> tuple[int, float, str | bytes]:
                 last = ws.recv()
                 received += 1
             elapsed = time.perf_counter() - started
+            _cpu_since(cpu_started)
             while True:  # drain to the server's close
                 ws.recv(timeout=10)
         except (ConnectionClosed, TimeoutError):
             pass
     if elapsed is None:
         elapsed = time.perf_counter() - started
+        _cpu_since(cpu_started)
     return received, elapsed, last
 
 
@@ -210,6 +229,7 @@ class _Counting:
         self.reached = threading.Event()
         self.last: str | bytes = b""
         self.reached_at = 0.0
+        self.reached_cpu = 0.0
         # next() on itertools.count is atomic under the GIL: no lock on the hot path.
         self.counter = itertools.count(1)
         self.delivered = 0
@@ -221,6 +241,7 @@ class _Counting:
                 outer.delivered = n
                 if n == outer.target:
                     outer.reached_at = time.perf_counter()
+                    outer.reached_cpu = time.process_time()
                     outer.last = message.data
                     outer.reached.set()
 
@@ -232,7 +253,7 @@ def _engine_runner(workers: int, adapter_name: str | None = None,
     """A wsengine throughput run; ``telemetry``: None (the default, no SDK), ``"sdk"``
     (:class:`_OtelSdk`) or ``"noop"`` (NoOp tracer and meter providers set globally)."""
     def run(url: str, count: int) -> tuple[int, float, str | bytes]:
-        global _spans_exported
+        global _spans_exported, _cpu_used
         from wsengine import WebsocketEngine
 
         sdk = None
@@ -247,6 +268,7 @@ def _engine_runner(workers: int, adapter_name: str | None = None,
         counting = _Counting(count)
         engine = WebsocketEngine(url, counting.client, adapter=adapter, config=config)
         started = time.perf_counter()
+        cpu_started = time.process_time()
         engine.start(timeout=10)
         try:
             counting.reached.wait(_budget)
@@ -258,6 +280,7 @@ def _engine_runner(workers: int, adapter_name: str | None = None,
         if not counting.reached.is_set():
             return counting.delivered, time.perf_counter() - started, b""
         # Not counting.delivered: with several workers its last write may be an earlier n.
+        _cpu_used = counting.reached_cpu - cpu_started
         return count, counting.reached_at - started, counting.last
     return run
 
@@ -416,6 +439,8 @@ def main(argv: list[str] | None = None) -> int:
                       "last": describe_message(last)}
             if _spans_exported is not None:
                 result["spans"] = _spans_exported
+            if _cpu_used is not None:
+                result["cpu_seconds"] = _cpu_used
     except ImportError as exc:  # a half-written package counts as not available
         result = {"unavailable": f"{type(exc).__name__}: {exc}"}
     except Exception as exc:  # reported to the parent, which shows it in the table

@@ -63,7 +63,8 @@ PAUSE_CLIENTS = ("wsengine-w1", "wsengine-w4", "wsengine-ws")
 #: and with NoOp providers set explicitly, the nearest to "no instrumentation code path".
 OTEL_CLIENTS = ("raw-otel", "wsengine-otel", "wsengine-w1", "wsengine-noop")
 OTEL_REFERENCE = "raw-otel"
-DEFAULT_OTEL_SIZES = (32, 1024)
+#: Binary by default: on text the raw loop's pure-Python UTF-8 check dwarfs the span cost.
+DEFAULT_OTEL_CASES = "32:text,32:binary,1k:binary"
 #: (client, reference, minimum ratio) of the OTel figure.
 OTEL_TARGETS = (("wsengine-otel", "raw-otel", 0.8), ("wsengine-w1", "wsengine-noop", 0.95))
 
@@ -93,6 +94,7 @@ class Case:
     rates: dict[str, list[float]] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
     spans: dict[str, list[float]] = field(default_factory=dict)  # spans per message (OTel)
+    cpu: dict[str, list[float]] = field(default_factory=dict)  # client CPU us per message
 
 
 def _size_label(size: int) -> str:
@@ -195,6 +197,9 @@ def run_throughput(cases: list[Case], clients: list[str], reps: int, target_seco
                 case.rates.setdefault(client, []).append(rate)
                 if "spans" in result:
                     case.spans.setdefault(client, []).append(result["spans"] / result["messages"])
+                if "cpu_seconds" in result:
+                    case.cpu.setdefault(client, []).append(
+                        result["cpu_seconds"] * 1e6 / result["messages"])
                 left = result.get("threads_left")
                 if left:
                     _progress(f"  {client}: threads left at exit: {left}")
@@ -253,7 +258,7 @@ def format_throughput(cases: list[Case], clients: list[str], missing: dict[str, 
             return None if minimum is None else (REFERENCE, minimum)
     show_spans = any(case.spans for case in cases)
     lines = [f"{'size':>7}  {'type':<6}  {'client':<13}  {'msg/s median':>13}  "
-             f"{'min - max':>23}  {'MiB/s':>7}  {'vs ' + reference:>12}"
+             f"{'min - max':>23}  {'MiB/s':>7}  {'vs ' + reference:>12}  {'CPU us/msg':>10}"
              + (f"  {'spans/msg':>9}" if show_spans else "") + f"  {'target':<22}"]
     lines.append("-" * (len(lines[0]) + 5))
     verdicts: list[Verdict] = []
@@ -281,7 +286,9 @@ def format_throughput(cases: list[Case], clients: list[str], missing: dict[str, 
             ratio = f"{median / reference_median:12.2f}" if reference_median else f"{'-':>12}"
             spread = f"{min(rates):>11,.0f} - {max(rates):>9,.0f}"
             mib = median * case.size / 2**20
-            row = head + f"{median:>13,.0f}  {spread:>23}  {mib:>7.1f}  {ratio}"
+            cpu = _median_or_none(case.cpu.get(client))
+            row = head + f"{median:>13,.0f}  {spread:>23}  {mib:>7.1f}  {ratio}  " + \
+                (f"{cpu:>10.2f}" if cpu is not None else f"{'-':>10}")
             if show_spans:
                 spans = _median_or_none(case.spans.get(client))
                 row += f"  {spans:>9.2f}" if spans is not None else f"  {'-':>9}"
@@ -291,8 +298,12 @@ def format_throughput(cases: list[Case], clients: list[str], missing: dict[str, 
                     achieved = median / base
                     passed = achieved >= goal[1]
                     row += f"  >= {goal[1]:g}x {goal[0]:<13} {'PASS' if passed else 'MISS'}"
+                    measured = f"{achieved:.2f}x"
+                    base_cpu = _median_or_none(case.cpu.get(goal[0]))
+                    if cpu and base_cpu:
+                        measured += f" (CPU per message: {base_cpu / cpu:.2f}x)"
                     verdicts.append(Verdict(figure, subject, f">= {goal[1]:g}x {goal[0]}",
-                                            f"{achieved:.2f}x", passed))
+                                            measured, passed))
                 else:
                     row += f"  >= {goal[1]:g}x {goal[0]:<13} n/a"
                     verdicts.append(Verdict(figure, subject, f">= {goal[1]:g}x {goal[0]}",
@@ -414,8 +425,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=5, help="repetitions per client (>= 1)")
     parser.add_argument("--clients", default=",".join(DEFAULT_CLIENTS),
                         help=f"throughput: comma-separated subset of {','.join(ALL_CLIENTS)}")
-    parser.add_argument("--otel-sizes", default=None,
-                        help="sizes of the OTel figure, text (default 32,1k)")
+    parser.add_argument("--otel-cases", default=None,
+                        help=f"SIZE:TYPE list of the OTel figure (default {DEFAULT_OTEL_CASES})")
     parser.add_argument("--quick", action="store_true",
                         help="1 KiB text only, ~0.3 s runs, short probes, 1 repetition of the "
                              "resource figures (a smoke test, not a measurement)")
@@ -442,14 +453,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--reps must be >= 1, --seconds and --timeout > 0")
     sizes = [_parse_size(s) for s in args.sizes.split(",")] if args.sizes else \
         list(DEFAULT_SIZES)
-    otel_sizes = [_parse_size(s) for s in args.otel_sizes.split(",")] if args.otel_sizes \
-        else list(DEFAULT_OTEL_SIZES)
+    otel_cases: list[tuple[int, str]] = []
+    for item in (args.otel_cases or DEFAULT_OTEL_CASES).split(","):
+        size_text, _, kind = item.strip().partition(":")
+        if kind not in ("text", "binary"):
+            parser.error(f"--otel-cases takes SIZE:text or SIZE:binary, got {item!r}")
+        otel_cases.append((_parse_size(size_text), kind))
     kinds = [k.strip() for k in args.types.split(",") if k.strip()]
     if not kinds or set(kinds) - {"text", "binary"}:
         parser.error("--types takes text, binary or text,binary")
     if args.quick:
         sizes = sizes if args.sizes else [1024]
-        otel_sizes = otel_sizes if args.otel_sizes else [1024]
+        otel_cases = otel_cases if args.otel_cases else [(1024, "binary")]
         kinds = kinds if args.types != "text,binary" else ["text"]
         args.seconds = min(args.seconds, 0.3)
         args.pause_samples = min(args.pause_samples, 50)
@@ -483,7 +498,9 @@ def main(argv: list[str] | None = None) -> int:
             table += ("\n\nraw-noutf8: the raw loop with skip_utf8_validation=True; "
                       "websocket-client checks UTF-8 in pure Python unless wsaccel is "
                       "installed, which dominates raw and wsapp on text. Targets are ratios "
-                      "to raw measured in the same run.")
+                      "to raw measured in the same run. CPU us/msg: the client process's "
+                      "CPU time (all threads) per message over the timed part, median: it "
+                      "moves little when other load takes the cores, unlike msg/s.")
         sections.append((f"Receive throughput ({args.reps} repetitions per client, "
                          "interleaved; flood server in its own process, fresh per run)", table))
         verdicts += found
@@ -493,13 +510,14 @@ def main(argv: list[str] | None = None) -> int:
     if "otel" in figures:
         _progress("== otel")
         runnable = [c for c in OTEL_CLIENTS if c not in missing]
-        cases = [Case(size, "text") for size in otel_sizes]
+        cases = [Case(size, kind) for size, kind in otel_cases]
         run_throughput(cases, runnable, args.reps, args.seconds, args.count, args.timeout)
         table, found = format_throughput(cases, list(OTEL_CLIENTS), missing,
                                          reference=OTEL_REFERENCE, targets=otel_target,
                                          figure="OpenTelemetry")
-        table += ("\n\nraw-otel: the raw websocket-client loop (UTF-8 checked, as raw) "
-                  "starting one SDK span per message with the same two attributes as "
+        table += ("\n\nraw-otel: the raw websocket-client loop (as raw: on text, UTF-8 "
+                  "checked in pure Python, which dominates it) starting one SDK span per "
+                  "message with the same two attributes as "
                   "wsengine.receive. wsengine-otel: workers=1, SDK on (global TracerProvider, "
                   "AlwaysOn, BatchSpanProcessor max_queue_size=2**20 into an exporter that "
                   "drops spans; no MeterProvider). wsengine-w1: no SDK (the API's default "
