@@ -308,7 +308,7 @@ def format_rss(runs: FigureRuns) -> tuple[str, list[Verdict]]:
 def format_many(runs: FigureRuns) -> tuple[str, list[Verdict]]:
     header = [("client", 12), ("conns", 5), ("threads", 7), ("+threads", 8), ("RSS MiB", 7),
               ("+RSS MiB", 8), ("KiB/conn", 8), ("idle s", 6), ("CPU idle s", 10),
-              ("open s", 6), ("stop s", 6), ("target", 6)]
+              ("open s", 6), ("stop s", 6), ("stuck", 5), ("target", 6)]
     rows: list[list[str]] = []
     for client in runs.clients:
         failed = _failed_row(runs, client, 12)
@@ -327,7 +327,8 @@ def format_many(runs: FigureRuns) -> tuple[str, list[Verdict]]:
                      f"{med('rss_open_kib', 1024):.1f}", f"{added_kib / 1024:+.1f}",
                      f"{added_kib / max(conns, 1):.0f}", f"{med('idle_s'):.1f}",
                      f"{max(r['cpu_idle_s'] for r in results):.4f}", f"{med('open_s'):.2f}",
-                     f"{med('stop_all_s'):.2f}", "-"])
+                     f"{med('stop_all_s'):.2f}",
+                     str(max(r.get("not_ended", 0) for r in results)), "-"])
     return _table(header, rows), []
 
 
@@ -349,4 +350,27 @@ TITLES = {
            "(VmHWM vs VmRSS before start, client process)",
     "many": "Many connections in one process, idle 5 s (default engine: workers=4; CPU: "
             "getrusage user+sys over the idle time, worst run)",
+}
+
+NOTES = {
+    "echo": "Each client process: 200 warm-up round trips, then the timed ones, back to back; "
+            "percentiles over the pooled samples of all runs, runs' p50 = range of per-run "
+            "medians. raw and websockets send and receive on the calling thread; wsapp, "
+            "wsengine-w1 and wsengine-w4 receive on their own thread and hand the echo back "
+            "with a threading.Event set in on_message (a thread hand-off the raw loop does "
+            "not pay); wsengine-request uses session.request() from the calling thread.",
+    "reconnect": "detect: sending 'drop' to on_close(1006); open: on_close to the next "
+                 "on_open (the configured wait, dial, handshake, on_open). The server drops "
+                 "when it reads 'drop', so each figure includes one loopback hop.",
+    "stop": "No target in the issue. raw: websocket-client's close(); websockets: the sync "
+            "client's close(); wsengine: engine.stop() (on_close, close frame, the server's "
+            "reply, threads joined).",
+    "rss": "raw is the reference: the recv() loop sleeping 1 ms per message (one message "
+           "in flight, nothing queued). msgs/run: messages handled in the ~3 s.",
+    "many": "No target in the issue. threads from /proc/self/status (the process had 2: "
+            "main and the watchdog); RSS after all opened minus before; CPU idle s: "
+            "user+sys over the idle window for the whole process; open s / stop s: opening "
+            "and closing all of them one after another (WebSocketApp: close() on all, then "
+            "the threads joined, 5 s at most in all); stuck: threads still running after that "
+            "(worst run).",
 }

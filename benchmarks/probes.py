@@ -401,7 +401,8 @@ def _many(client: str, url: str, options: argparse.Namespace) -> dict[str, Any]:
         for thread in joins:
             thread.join(max(0.0, join_deadline - time.monotonic()))
         stop_seconds = time.perf_counter() - stop_began
-    return {"connections": len(stoppers), "threads_before": threads_before,
+    not_ended = sum(thread.is_alive() for thread in joins)
+    return {"not_ended": not_ended, "connections": len(stoppers), "threads_before": threads_before,
             "threads_open": threads_open, "rss_before_kib": rss_before,
             "rss_open_kib": rss_open, "cpu_idle_s": cpu_idle, "idle_s": wall_idle,
             "open_s": opened_seconds, "stop_all_s": stop_seconds,

@@ -42,7 +42,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.figures import FORMATTERS, TITLES, FigureRuns, Verdict, run_figure
+from benchmarks.figures import FORMATTERS, NOTES, TITLES, FigureRuns, Verdict, run_figure
 from benchmarks.flood_server import message_payload
 from benchmarks.servers import FloodServer, run_child
 
@@ -540,6 +540,8 @@ def main(argv: list[str] | None = None) -> int:
             rows = pause_latency(engine_clients, 1024, args.pause_samples, args.timeout) \
                 if engine_clients else []
             table, found = format_pause(rows)
+            table += ("\n\nduring holds: messages whose on_message ran while this thread held "
+                      "the lock (summed over the samples); most: the largest in one hold.")
             sections.append((f"pause_lock.acquire() latency ({args.pause_samples} samples, "
                              "every 5 ms, each held 1 ms; flood: 1 KiB text without end; "
                              "silent: no frames)", table))
@@ -551,6 +553,7 @@ def main(argv: list[str] | None = None) -> int:
         runs = run_figure(figure, reps, args.timeout, quick=args.quick)
         probe_results[figure] = runs
         table, found = FORMATTERS[figure](runs)
+        table += f"\n\n{NOTES[figure]}"
         sections.append((f"{TITLES[figure]}; {reps} runs per client", table))
         verdicts += found
         raw[figure] = {"results": runs.results, "errors": runs.errors,
