@@ -73,6 +73,8 @@ _TEXT: Final = Opcode.TEXT
 _PING: Final = Opcode.PING
 _PONG: Final = Opcode.PONG
 _CLOSE: Final = Opcode.CLOSE
+_TEXT_MESSAGE: Final = MessageType.TEXT
+_BINARY_MESSAGE: Final = MessageType.BINARY
 _Utf8Decoder = codecs.getincrementaldecoder("utf-8")
 
 
@@ -152,9 +154,15 @@ class _MessageQueue(Assembler):
     """websockets' frame queue, turned into a source of whole messages for one reader.
 
     websockets' thread calls ``put`` (data frames), ``finish`` (the peer's close frame)
-    and ``close`` (end of the connection); the adapter's reader calls ``pop`` and
+    and ``close`` (end of the connection); the adapter's reader calls ``pop_into`` and
     ``wait``. Flow control is websockets': ``put`` pauses its thread above the high-water
-    mark, ``pop`` resumes it below the low-water mark.
+    mark, ``pop_into`` resumes it below the low-water mark.
+
+    ``put`` runs once per frame on the busiest thread, so it takes the mutex only to pause
+    or to wake waiters, and wakes them once per wait, not once per frame. No wake-up is
+    lost: a waiter counts itself in ``waiters``, clears ``notified`` and then checks the
+    queue, all under the mutex, while ``put`` queues the frame and then reads ``waiters``
+    and ``notified`` (the interpreter runs one of these steps at a time, in program order).
     """
 
     def __init__(
@@ -165,14 +173,18 @@ class _MessageQueue(Assembler):
         resume: Callable[[], Any],
     ) -> None:
         super().__init__(high, low, pause=pause, resume=resume)
-        # The reader waits on it in wait(); notified under self.mutex by put(), finish(),
-        # close(), discard() and wake(). Never held during I/O.
+        # Waiters: wait() callers (the engine's reader in wait_readable, a reader by hand).
+        # Notified under self.mutex by put(), finish(), close(), discard() and wake().
         self.readable = threading.Condition(self.mutex)
+        # Threads in wait(), and whether they were notified since the last one began to
+        # wait; changed under self.mutex.
+        self.waiters = 0
+        self.notified = False
         # Set once the peer's close frame was processed: no data frame follows it.
         self.finished = False
         # Set when the adapter closes or fails the connection: data frames are dropped.
         self.discarding = False
-        # A wake() that no wait() has seen yet.
+        # A wake() that no wakeable wait() has seen yet.
         self.wakeup = False
         # The fragmented message being assembled; touched by the reader only.
         self._opcode: Opcode | None = None
@@ -182,18 +194,23 @@ class _MessageQueue(Assembler):
     # -- websockets' thread ---------------------------------------------------------
 
     def put(self, frame: Frame) -> None:
-        """Queue a data frame (dropped once closed or discarding). Never raises."""
-        with self.mutex:
-            if self.closed or self.discarding:
-                return
-            self.frames.put(frame)
-            self.maybe_pause()
-            # All: the engine's reader in wait_readable and a user reading by hand under
-            # the pause lock may both be waiting.
-            self.readable.notify_all()
+        """Queue a data frame (dropped once discarding). Never raises, never blocks."""
+        if self.discarding:
+            return
+        frames = self.frames
+        frames.put(frame)
+        high = self.high
+        if high is not None and not self.paused and frames.qsize() > high:
+            with self.mutex:
+                self.maybe_pause()
+        if self.waiters and not self.notified:
+            with self.mutex:
+                self.notified = True
+                self.readable.notify_all()
 
     def finish(self) -> None:
-        """The peer's close frame came: once the queue is empty, ``pop`` raises EOFError."""
+        """The peer's close frame came: once the queue is empty, ``pop_into`` raises
+        EOFError."""
         with self.mutex:
             self.finished = True
             self.readable.notify_all()
@@ -227,59 +244,68 @@ class _MessageQueue(Assembler):
 
     def wait(self, timeout: float | None, *, wakeable: bool) -> bool:
         """Block until a frame is queued, the stream ended, ``wake`` ran or ``timeout``
-        passed; True if ``pop`` has something to return or raise.
+        passed; True if ``pop_into`` has something to return or raise.
 
         Only a ``wakeable`` wait (``wait_readable``) consumes a pending ``wake``: a reader
         re-checks its own conditions after any wake-up.
         """
         with self.mutex:
-            if not self._ready() and not (wakeable and self.wakeup):
-                self.readable.wait(timeout)
+            self.waiters += 1
+            self.notified = False
+            try:
+                if not self._ready() and not (wakeable and self.wakeup):
+                    self.readable.wait(timeout)
+            finally:
+                self.waiters -= 1
             if wakeable:
                 self.wakeup = False
             return self._ready()
 
-    def pop(self) -> Message | None:
-        """Return the next whole message, or None if none is complete yet. Never blocks.
+    def pop_into(self, out: list[Message], limit: int) -> None:
+        """Append whole messages to ``out`` until it holds ``limit`` or none is complete.
+        Never blocks.
 
         Raises:
             EOFError: no message will come any more (and none is queued).
             UnicodeDecodeError: a text message is not valid UTF-8 (found as soon as the
-                fragment that breaks it is queued).
+                fragment that breaks it is queued); ``out`` keeps the messages before it.
         """
         frames = self.frames
-        while True:
+        get = frames.get_nowait
+        while len(out) < limit:
             try:
-                frame = frames.get_nowait()
+                frame = get()
             except queue.Empty:
-                # Checked again under the mutex: put() and finish() run under it, so a
-                # frame queued just before the close frame is not missed.
+                # Checked again under the mutex: finish() runs under it after the last
+                # put(), so a frame queued just before the close frame is not missed.
                 with self.mutex:
                     if not frames.empty():
                         continue
                     if self.closed or self.finished:
                         raise EOFError("no more messages") from None
-                return None
+                return
             if frame is None:  # pragma: no cover - only Assembler.close() queues None
                 continue
             if self.paused:
                 with self.mutex:
                     self.maybe_resume()
+            if frame.fin and self._opcode is None:  # a message in one frame: most of them
+                if frame.opcode is _TEXT:
+                    out.append(Message(_TEXT_MESSAGE, str(frame.data, "utf-8")))
+                else:
+                    out.append(Message(_BINARY_MESSAGE, bytes(frame.data)))
+                continue
             message = self._assemble(frame)
             if message is not None:
-                return message
+                out.append(message)
 
     def _assemble(self, frame: Frame) -> Message | None:
-        """Add ``frame`` to the message in progress; return the message once whole.
+        """Add a fragment to the message in progress; return the message once whole.
 
         websockets' protocol has already checked the opcode sequence.
         """
         data = frame.data
         if self._opcode is None:
-            if frame.fin:
-                if frame.opcode is _TEXT:
-                    return Message(MessageType.TEXT, str(data, "utf-8"))
-                return Message(MessageType.BINARY, bytes(data))
             self._opcode = frame.opcode
             self._buffer = bytearray(data)
             if frame.opcode is _TEXT:
@@ -294,8 +320,8 @@ class _MessageQueue(Assembler):
         opcode, buffer = self._opcode, self._buffer
         self._opcode, self._buffer, self._decoder = None, bytearray(), None
         if opcode is _TEXT:
-            return Message(MessageType.TEXT, buffer.decode("utf-8"))
-        return Message(MessageType.BINARY, bytes(buffer))
+            return Message(_TEXT_MESSAGE, buffer.decode("utf-8"))
+        return Message(_BINARY_MESSAGE, bytes(buffer))
 
     def _ready(self) -> bool:
         assert self.mutex.locked()
@@ -633,19 +659,21 @@ class WebsocketsAdapter(ConnectionAdapter):
                 close or the error were returned.
         """
         conn = self._connected()
+        messages = conn.message_queue
+        assert messages is not None
         out: list[Message] = []
         with self._read_mutex:
-            while len(out) < max_messages:
+            if conn.closed_error is None:
                 try:
-                    message = self._receive(conn, None, blocking=False)
-                except ConnectionClosedError:
-                    if out:
-                        return out  # the next call raises again
-                    raise
-                if message is None:
-                    break
-                out.append(message)
-        return out
+                    messages.pop_into(out, max_messages)
+                except EOFError:
+                    pass  # raised below, by _receive, once out is delivered
+                except UnicodeDecodeError:
+                    self._fail(conn, 1007, "invalid UTF-8 in a text message")
+                if out:
+                    return out  # after an error, the next call raises
+            message = self._receive(conn, None, blocking=False)
+        return [] if message is None else [message]
 
     def wait_readable(self, timeout: float | None) -> bool:
         """Block until a message may be read, ``timeout`` passes or :meth:`wake_reader`
@@ -713,14 +741,15 @@ class WebsocketsAdapter(ConnectionAdapter):
         while True:
             if conn.closed_error is not None:
                 raise self._closed_error(conn)
+            out: list[Message] = []
             try:
-                message = messages.pop()
+                messages.pop_into(out, 1)
             except EOFError:
                 raise self._closed_error(conn) from None
             except UnicodeDecodeError:
                 raise self._fail(conn, 1007, "invalid UTF-8 in a text message") from None
-            if message is not None:
-                return message
+            if out:
+                return out[0]
             wait = _remaining(deadline)
             if conn.state is not OPEN:
                 # Closing without a close frame from the peer yet (websockets failed the
