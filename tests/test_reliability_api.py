@@ -556,12 +556,6 @@ print("main done", flush=True)
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an engine left running is stopped silently at interpreter exit: no "
-    "ResourceWarning is emitted (engine.py _stop_running_engines, or a __del__ on the "
-    "engine, should warn like an unclosed file)",
-)
 def test_c21_forgotten_engine_warns_resource_warning(echo_server: WsServer) -> None:
     """C21: an engine dropped without stop() is reported with a ResourceWarning; the
     interpreter still exits and the server gets a close frame."""

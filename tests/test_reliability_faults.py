@@ -231,16 +231,8 @@ def test_b6_quiet_healthy_peer_is_not_disconnected() -> None:
     ("interval", "timeout"),
     [
         (0.2, 0.1),
-        pytest.param(0.1, 0.1, marks=pytest.mark.xfail(
-            strict=True,
-            reason="engine.py WebsocketEngine._serve waits ping_timeout after each ping "
-            "before the next ping_interval starts: with ping_timeout >= ping_interval "
-            "(the defaults, 20/20) pings go out every interval + timeout, not every "
-            "ping_interval",
-        )),
-        pytest.param(0.1, 0.3, marks=pytest.mark.xfail(
-            strict=True, reason="same defect as [0.1-0.1]: one ping per 0.4 s, not 0.1 s",
-        )),
+        (0.1, 0.1),
+        (0.1, 0.3),
     ],
 )
 def test_b6_pings_go_out_every_ping_interval(interval: float, timeout: float) -> None:
@@ -465,13 +457,6 @@ def test_b13_oversized_message_is_failed_from_its_headers(bad: bytes) -> None:
 
 @pytest.mark.parametrize(
     ("opcode", "fragments"), [(0x1, 60_000), (0x2, 30_000)], ids=["text", "binary"]
-)
-@pytest.mark.xfail(
-    strict=True,
-    reason="adapters/_frames.py FrameParser._parse_frame appends every continuation "
-    "payload to _frag_parts, empty ones included, and max_size counts payload bytes only: "
-    "zero-length fragments grow memory without bound (about 8.6 bytes each) and never "
-    "trigger 1009",
 )
 def test_b13_zero_length_fragments_do_not_grow_memory(opcode: int, fragments: int) -> None:
     """B13: a 2-byte message spread over tens of thousands of zero-length fragments keeps

@@ -174,15 +174,7 @@ def altered_response(change: str) -> Any:
     [
         ("accept-missing", None),
         ("accept-wrong", None),
-        pytest.param(
-            "subprotocol-not-requested", None,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="WebsocketClientAdapter.dial accepts a Sec-WebSocket-Protocol the "
-                "client did not request (websocket-client only checks it when subprotocols "
-                "were requested); RFC 6455 4.1 says fail the connection",
-            ),
-        ),
+        ("subprotocol-not-requested", None),
         ("subprotocol-other-than-requested", ["chat"]),
     ],
 )
@@ -403,11 +395,6 @@ def test_a11_redirect_loop_fails_start(kind: str, requests: int) -> None:
     stop_and_check(engine)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="WebsocketClientAdapter's docstrings do not say that redirects are followed "
-    "(up to 3, by websocket-client); RELIABILITY A11 wants it documented per adapter",
-)
 def test_a11_redirect_behaviour_is_documented() -> None:
     """A11: the default adapter documents what it does with a redirect."""
     docs = " ".join(

@@ -75,9 +75,6 @@ class Dispatcher:
         self._received = received
         self._name = name
         self._otel_ctx = otel_ctx
-        # An adapter without its own wait_readable blocks in read_available while we hold
-        # the pause lock, so the reader leaves a gap between turns for a pausing thread.
-        self._generic = type(conn).wait_readable is ConnectionAdapter.wait_readable
         # Parsed messages not yet taken by a worker. Refilled only when empty, with at most
         # queue_size messages: that is the bound. Appended by the worker holding the read
         # turn, popped (popleft is atomic) by any worker; gone with the session.
@@ -92,7 +89,8 @@ class Dispatcher:
         # Set once by drain() or by the reader on a lost connection: no more reads;
         # workers finish what _ready holds, then return.
         self._draining = False
-        # Set with _draining by drain(): lets the generic reader's short gaps end early.
+        # Set with _draining by drain(): ends a worker's short wait while a user is about to
+        # take the pause lock.
         self._drain_signal = threading.Event()
         self.waiting_for_data = False  # the reader is blocked waiting on the socket
         self.threads: list[threading.Thread] = []
@@ -185,46 +183,44 @@ class Dispatcher:
         conn = self._conn
         pause = self._pause_lock
         errors_in_a_row = 0
-        while not self._draining:
-            self.waiting_for_data = True
-            try:
+        # True for as long as this turn finds nothing: the keepalive may judge silence
+        # only then (not while workers are busy and nobody reads).
+        self.waiting_for_data = True
+        try:
+            while not self._draining:
                 conn.wait_readable(None)
-            finally:
-                self.waiting_for_data = False
-            if not self._take_pause_lock():
-                return
-            try:
-                if self._draining:
+                if not self._take_pause_lock():
                     return
-                batch = conn.read_available(self._queue_size)
-            except ConnectionClosedError as exc:
-                self._draining = True
-                self._lost(exc)
-                return
-            except Exception as exc:
-                error: Exception | None = exc
-            else:
-                error = None
-            finally:
-                engine_release(pause)
-            if error is not None:
-                errors_in_a_row += 1
-                if errors_in_a_row >= MAX_READ_ERRORS_IN_A_ROW:
+                try:
+                    if self._draining:
+                        return
+                    batch = conn.read_available(self._queue_size)
+                except ConnectionClosedError as exc:
                     self._draining = True
-                    self._lost(ConnectionClosedError(1011, "repeated read errors"))
+                    self._lost(exc)
                     return
-                self._read_error(error)
-                continue
-            errors_in_a_row = 0
-            if batch:
-                self._ready.extend(batch)
-                if self._received is not None:
-                    self._received(batch)
-                return
-            if self._generic:
-                # Give a thread blocked on the pause lock a chance to take it: our next
-                # acquire would otherwise win the race (threading locks are not fair).
-                self._drain_signal.wait(0.001)
+                except Exception as exc:
+                    error: Exception | None = exc
+                else:
+                    error = None
+                finally:
+                    engine_release(pause)
+                if error is not None:
+                    errors_in_a_row += 1
+                    if errors_in_a_row >= MAX_READ_ERRORS_IN_A_ROW:
+                        self._draining = True
+                        self._lost(ConnectionClosedError(1011, "repeated read errors"))
+                        return
+                    self._read_error(error)
+                    continue
+                errors_in_a_row = 0
+                if batch:
+                    self._ready.extend(batch)
+                    if self._received is not None:
+                        self._received(batch)
+                    return
+        finally:
+            self.waiting_for_data = False
 
     def _take_pause_lock(self) -> bool:
         """Acquire the pause lock for one read pass, after any user who wants it; False

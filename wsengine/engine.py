@@ -22,6 +22,7 @@ import random
 import secrets
 import threading
 import time
+import warnings
 import weakref
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -34,6 +35,7 @@ from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import Status, StatusCode
 
 from wsengine._dispatch import Dispatcher, stuck_callbacks
+from wsengine._keepalive import Keepalive
 from wsengine._pause import PauseLock
 from wsengine._reconnect import backoff_delay, is_fatal_status, retry_wait
 from wsengine._url import redact_url, url_target, validate_url
@@ -96,7 +98,11 @@ _run_numbers = iter(range(1, 2**63))
 
 
 def _stop_running_engines() -> None:
+    """Stop what the program forgot to stop, at interpreter exit, saying so like an
+    unclosed file would (a ResourceWarning, shown with ``-W default``)."""
     for engine in list(_running_engines):
+        warnings.warn(f"{engine!r} was never stopped; stopping it at interpreter exit",
+                      ResourceWarning, stacklevel=1)
         try:
             engine.stop()
         except Exception:  # pragma: no cover - exit must go on
@@ -544,48 +550,24 @@ class WebsocketEngine:
             dispatcher.drain()
 
     def _serve(self, run: _Run, session: Session) -> SessionEnd:
-        """Wait until the session ends, sending keepalive pings meanwhile."""
+        """Wait until the session ends, keeping the connection alive meanwhile."""
         interval = self._config.ping_interval
         timeout = self._config.ping_timeout
         if interval is None or timeout is None:
             session.ended.wait()
         else:
-            while not session.ended.wait(interval if timeout >= interval else interval - timeout):
-                if self._keepalive_failed(run, session, timeout):
-                    session.end(SessionEnd(EndKind.LOST, CloseMessage(1006, "keepalive timeout")))
-                    session.conn.abort()
+            keepalive = Keepalive(
+                session.conn, interval, timeout,
+                paused=self._paused,
+                reading=lambda: run.dispatcher is not None and run.dispatcher.waiting_for_data,
+                rtt=self._telemetry.keepalive_rtt.record,
+            )
+            if keepalive.watch(session.ended):
+                session.end(SessionEnd(EndKind.LOST, CloseMessage(1006, "keepalive timeout")))
+                session.conn.abort()
         end = session.end_reason
         assert end is not None
         return end
-
-    def _keepalive_failed(self, run: _Run, session: Session, timeout: float) -> bool:
-        """Ping, then wait ``timeout``; True if the peer is dead by then.
-
-        Suspended while a user holds the pause lock: frames then sit unread, which says
-        nothing about the peer.
-        """
-        if self._paused():
-            return False
-        sent = time.monotonic()
-        try:
-            session.conn.ping()
-        except ConnectionClosedError:
-            return False  # the reader reports the closed connection itself
-        except Exception:
-            logger.warning("keepalive ping failed", exc_info=True)
-            return False
-        if session.ended.wait(timeout):
-            return False
-        conn = session.conn
-        pong = getattr(conn, "last_pong", 0.0)
-        if isinstance(pong, float) and pong >= sent:
-            self._telemetry.keepalive_rtt.record(pong - sent)
-        if conn.last_received >= sent:
-            return False
-        dispatcher = run.dispatcher
-        reading = dispatcher is not None and dispatcher.waiting_for_data
-        # Not dead if a user paused us, the workers are busy (nobody reads), or bytes wait.
-        return reading and not self._paused() and not conn.has_pending_data()
 
     def _paused(self) -> bool:
         return self._pause.wanted > 0

@@ -200,7 +200,7 @@ class FrameParser:
         # Opcode of the fragmented message in progress (0 when none), its parts so far,
         # their total size and, for text, the incremental decoder that validates them.
         self._frag_opcode = 0
-        self._frag_parts: list[Any] = []
+        self._frag_parts = bytearray()  # the fragmented message so far
         self._frag_size = 0
         self._decoder: codecs.IncrementalDecoder | None = None
         #: ``(code, reason)`` of the peer's close frame once one was parsed, else None.
@@ -388,17 +388,19 @@ class FrameParser:
         if opcode == OP_CONT:
             self._frag_size += length
             if self._decoder is not None:
-                self._frag_parts.append(self._decoder.decode(payload, bool(fin)))
-            else:
-                self._frag_parts.append(payload)
+                # Validation only (fail fast): the text is decoded once, whole, at the end.
+                self._decoder.decode(payload, bool(fin))
+            # One buffer, not a list of parts: memory stays at the payload's size however
+            # tiny (or empty) the fragments are.
+            self._frag_parts += payload
             if fin:
                 if self._frag_opcode == OP_TEXT:
-                    message = Message(_TEXT, "".join(self._frag_parts))
+                    message = Message(_TEXT, self._frag_parts.decode("utf-8"))
                 else:
-                    message = Message(_BINARY, b"".join(self._frag_parts))
+                    message = Message(_BINARY, bytes(self._frag_parts))
                 out.append(message)
                 self._frag_opcode = 0
-                self._frag_parts = []
+                self._frag_parts = bytearray()
                 self._frag_size = 0
                 self._decoder = None
         elif fin:
@@ -413,7 +415,6 @@ class FrameParser:
                 # Validate each fragment as it comes (fail fast); the decoder keeps a
                 # sequence split across fragments and rejects one left truncated at the end.
                 self._decoder = _Utf8Decoder("strict")
-                self._frag_parts = [self._decoder.decode(payload, False)]
-            else:
-                self._frag_parts = [payload]
+                self._decoder.decode(payload, False)
+            self._frag_parts = bytearray(payload)
         return stop, None

@@ -139,6 +139,10 @@ class WebsocketClientAdapter(ConnectionAdapter):
             ``subprotocols``, ``sslopt``, ``http_proxy_host``...). TLS certificates are
             verified unless ``sslopt`` says otherwise.
 
+    Redirects: a 3xx answer to the handshake is followed, up to 3 times, by
+    websocket-client (to the ``Location`` given); a longer chain fails ``dial`` with a
+    :class:`~wsengine.errors.HandshakeError`.
+
     Raises:
         ConfigError: ``max_size`` is not a positive int or None, or an option is one the
             adapter sets itself (``timeout``, ``skip_utf8_validation``,
@@ -255,6 +259,12 @@ class WebsocketClientAdapter(ConnectionAdapter):
         sock = ws.sock
         if sock is None:  # pragma: no cover - create_connection returns connected
             raise HandshakeError("websocket-client returned no socket")
+        headers = {name.lower() for name in ws.getheaders() or {}}
+        if "sec-websocket-protocol" in headers and not self._options.get("subprotocols"):
+            # websocket-client checks the answer only when subprotocols were asked for;
+            # RFC 6455 4.1: a subprotocol the client did not request fails the connection.
+            ws.close(timeout=0)
+            raise HandshakeError("the server chose a subprotocol that was not requested")
         try:
             sock.settimeout(0.0)
             self._reset(ws, sock)
