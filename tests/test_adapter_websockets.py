@@ -8,6 +8,7 @@ redirect details, its closing behaviour, and the engine driving it.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import struct
 import sys
@@ -349,3 +350,41 @@ def test_engine_pause_is_prompt_on_a_silent_server() -> None:
     assert took < 0.05
     assert answer_read == Message(TEXT, "answer to question")
     assert client.messages == []
+
+
+def test_engine_keepalive_sees_pongs_and_keeps_the_connection(echo_server: WsServer) -> None:
+    """With the engine's keepalive on, pongs reach last_pong and the connection stays."""
+    client = Recorder()
+    adapter = WebsocketsAdapter()
+    config = dataclasses.replace(FAST, ping_interval=0.1, ping_timeout=1.0)
+    engine = WebsocketEngine(echo_server.url, client, adapter=adapter, config=config)
+    engine.start()
+    try:
+        wait_for(lambda: adapter.last_pong > 0)
+        first = adapter.last_pong
+        wait_for(lambda: adapter.last_pong > first)
+        assert client.closes == []
+    finally:
+        engine.stop()
+
+
+def test_engine_keepalive_declares_a_silent_peer_dead() -> None:
+    """A peer that stops answering pings is reported to on_close as 1006 (one keepalive:
+    the engine's)."""
+    release = threading.Event()
+
+    def deaf(conn: RawConnection) -> None:
+        release.wait(10)
+
+    client = Recorder()
+    config = dataclasses.replace(FAST, ping_interval=0.2, ping_timeout=0.2, auto_reconnect=False)
+    with RawServer(deaf) as server:
+        engine = WebsocketEngine(server.url, client, adapter=WebsocketsAdapter(), config=config)
+        engine.start()
+        try:
+            client.wait_until(lambda: len(client.closes) == 1)
+        finally:
+            engine.stop()
+            release.set()
+    close = client.closes[0]
+    assert close is not None and close.code == 1006
