@@ -223,14 +223,21 @@ def serve_idle(conn: RawConnection, timeout: float = 20.0) -> None:
         return
 
 
-def first_then_idle(fault: Callable[[RawConnection], None]) -> Callable[[RawConnection], None]:
-    """A RawServer script: the first connection runs ``fault``; later ones (reconnects)
-    are served by :func:`serve_idle`."""
+def first_then_idle(
+    fault: Callable[[RawConnection], None], done: threading.Event | None = None
+) -> Callable[[RawConnection], None]:
+    """A RawServer script: the first connection runs ``fault`` (then sets ``done``, so a
+    test can wait for the script's findings before the server closes everything); later
+    ones (reconnects) are served by :func:`serve_idle`."""
     numbers = itertools.count(1)  # next() on a count is atomic in CPython
 
     def script(conn: RawConnection) -> None:
         if next(numbers) == 1:
-            fault(conn)
+            try:
+                fault(conn)
+            finally:
+                if done is not None:
+                    done.set()
         else:
             serve_idle(conn)
 

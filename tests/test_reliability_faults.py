@@ -190,10 +190,12 @@ def test_b5_peer_that_never_pongs_is_dead_and_no_1006_goes_on_the_wire() -> None
             pass
 
     client = Recorder()
-    with RawServer(first_then_idle(mute)) as raw:
+    done = threading.Event()
+    with RawServer(first_then_idle(mute, done)) as raw:
         engine = WebsocketEngine(raw.url, client, config=KEEPALIVE)
         engine.start()
         wait_open(engine, client, 2, timeout=3)
+        assert done.wait(5)  # the dead connection's frames are all counted
         stop_and_check(engine)
     (lost, stopped) = client.details("close")
     assert lost.code == 1006 and stopped is None
@@ -366,13 +368,15 @@ def run_against_raw(
     """Start an engine on a RawServer whose first connection runs ``fault``; wait for the
     reconnect (the second connection is well behaved), stop; return the recorder."""
     client = Recorder()
-    with RawServer(first_then_idle(fault)) as raw:
+    done = threading.Event()
+    with RawServer(first_then_idle(fault, done)) as raw:
         engine = WebsocketEngine(
             raw.url, client, adapter=WebsocketClientAdapter(max_size=max_size),
             config=fast(workers=1),
         )
         engine.start()
         wait_open(engine, client, 2)
+        assert done.wait(5)  # the fault script recorded what it saw
         stop_and_check(engine)
     return client
 
