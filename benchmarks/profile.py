@@ -104,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lines", action="store_true", help="keep line numbers apart")
     parser.add_argument("--no-idle", action="store_true",
                         help="leave out idle samples (threads blocked in a wait)")
+    parser.add_argument("--blocking", action="store_true",
+                        help="pause the client for each sample: exact stacks, slower run "
+                             "(default: --nonblocking, stacks may mix frames now and then)")
     parser.add_argument("--out", type=Path, default=None, help="keep the collapsed stacks")
     parser.add_argument("--timeout", type=float, default=60.0)
     args = parser.parse_args(argv)
@@ -131,7 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as folder:
         out = args.out or Path(folder) / "stacks.txt"
         command = [spy, "record", "--format", "raw", "--threads", "--rate", str(args.rate),
-                   "--output", str(out), "--nonblocking"]
+                   "--output", str(out)]
+        if not args.blocking:
+            command.append("--nonblocking")
         if not args.no_idle:
             command.append("--idle")
         if not args.lines:
