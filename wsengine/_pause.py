@@ -8,7 +8,9 @@ coming. So ``engine.pause_lock`` is an ``RLock`` subclass whose public ``acquire
 ``with``) counts the user in ``wanted`` before it blocks. The engine's own reader uses the
 base class's methods, which are not counted, and steps back while ``wanted`` is non-zero:
 a user gets the lock as soon as the reader's current non-blocking pass ends, and no worker
-starts another ``on_message`` while a user waits for or holds it.
+starts another ``on_message`` once a user has asked for it. (A worker that passed its
+check an instant before the user asked may still enter its callback: the check and the
+call are two steps, and closing that gap would put a lock on every message.)
 """
 
 from __future__ import annotations
