@@ -36,7 +36,7 @@ from wsengine import (
     WebsocketEngine,
 )
 from wsengine.adapters.websockets_sync import WebsocketsAdapter
-from wsengine.errors import ConfigError, ConnectionClosedError, ProtocolError
+from wsengine.errors import ConfigError, ConnectionClosedError, HandshakeError, ProtocolError
 
 TEXT = MessageType.TEXT
 
@@ -144,6 +144,41 @@ def test_cross_origin_redirect_drops_credentials(echo_server: WsServer) -> None:
         finally:
             conn.abort()
     assert seen == ["Bearer s3cret", None]
+
+
+def test_relative_redirect_is_followed(adapter: WebsocketsAdapter) -> None:
+    """A relative Location is resolved against the URL that answered it (A11)."""
+
+    def route(conn: ServerConnection, request: Request) -> Response | None:
+        if request.path == "/landing":
+            return None
+        response = conn.respond(307, "moved\n")
+        response.headers["Location"] = "/landing"
+        return response
+
+    with run_ws_server(echo_handler, process_request=route) as server:
+        adapter.dial(server.url, 5)
+        adapter.write("here")
+        assert adapter.read(5) == Message(TEXT, "here")
+        assert server.connections[0].request is not None
+        assert server.connections[0].request.path == "/landing"
+        adapter.abort()
+
+
+def test_redirect_without_location_is_a_handshake_error_with_its_status(
+    adapter: WebsocketsAdapter,
+) -> None:
+    """A 302 without Location cannot be followed: HandshakeError(status=302) (A11)."""
+
+    def nowhere(conn: ServerConnection, request: Request) -> Response:
+        return conn.respond(302, "nowhere\n")
+
+    with (
+        run_ws_server(echo_handler, process_request=nowhere) as server,
+        pytest.raises(HandshakeError) as info,
+    ):
+        adapter.dial(server.url, 5)
+    assert info.value.status == 302
 
 
 def test_close_discards_what_arrives_meanwhile(adapter: WebsocketsAdapter) -> None:

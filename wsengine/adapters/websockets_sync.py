@@ -16,7 +16,8 @@ three points, through ``connect(create_connection=...)``:
   ``last_received`` and ``last_pong``;
 - ``send_data`` wakes a waiting reader when the connection stops being OPEN.
 
-This module is the only one in wsengine that imports websockets.
+This module is the only one in wsengine that imports websockets. Those hooks rely on
+websockets.sync's internals as of websockets 17 (checked at import).
 """
 
 from __future__ import annotations
@@ -46,11 +47,19 @@ try:
     from websockets.sync.client import ClientConnection, connect
     from websockets.sync.messages import Assembler
     from websockets.sync.utils import Deadline
+    from websockets.version import version as _websockets_version
 except ImportError as error:  # pragma: no cover - exercised in a test with a fake import
     raise ImportError(
         "wsengine.adapters.websockets_sync needs the websockets package; "
         "install it with: pip install 'wsengine[websockets]'"
     ) from error
+
+# The adapter hooks into websockets.sync's connection internals as they are in 17.x.
+if int(_websockets_version.split(".")[0]) < 17:  # pragma: no cover - depends on install
+    raise ImportError(
+        f"wsengine.adapters.websockets_sync needs websockets 17 or later, not "
+        f"{_websockets_version}; install it with: pip install 'wsengine[websockets]'"
+    )
 
 from wsengine.adapters.base import ConnectionAdapter
 from wsengine.errors import ConfigError, ConnectionClosedError, HandshakeError, ProtocolError
@@ -459,8 +468,7 @@ class WebsocketsAdapter(ConnectionAdapter):
       ``wss://`` to ``ws://`` downgrade and drops the ``Authorization``, ``Cookie`` and
       ``Proxy-Authorization`` headers on a cross-origin redirect. Too many redirects raise
       ``HandshakeError(status=None)``; a 3xx without ``Location`` raises
-      ``HandshakeError`` with its status. (websockets 16 and older do not follow
-      redirects: any 3xx is a ``HandshakeError`` with its status there.)
+      ``HandshakeError`` with its status.
     - Keepalive: websockets' own is off (``ping_interval=None``) unless given as an
       option; the engine pings.
     - Closing: after a protocol error the adapter waits for the server to close TCP, as
