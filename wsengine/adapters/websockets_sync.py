@@ -34,6 +34,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 try:
+    from websockets.client import ClientProtocol
     from websockets.exceptions import (
         ConnectionClosed,
         InvalidHandshake,
@@ -371,7 +372,7 @@ class _EngineConnection(ClientConnection):
     the adapter lives here, so a new connection starts afresh.
     """
 
-    def __init__(self, sock: socket.socket, protocol: Any, **kwargs: Any) -> None:
+    def __init__(self, sock: socket.socket, protocol: ClientProtocol, **kwargs: Any) -> None:
         # Set before super().__init__(), which starts the thread that calls the hooks.
         self.message_queue: _MessageQueue | None = None
         #: ``time.monotonic()`` of the last frame from the peer, control frames included.
