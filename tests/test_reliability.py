@@ -58,6 +58,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import pytest
 from websockets.sync.server import ServerConnection, serve
 
 from tests.support.proxy import Direction, FaultProxy, Scope
@@ -74,6 +75,7 @@ from wsengine import (
     WebsocketClient,
     WebsocketEngine,
 )
+from wsengine.engine import _running_engines
 
 #: Small delays so that reconnects and stops take milliseconds; keepalive off unless a
 #: test turns it on.
@@ -169,6 +171,19 @@ class Recorder(WebsocketClient):
 
     def on_restart_error(self, error: Exception, retry_count: int, exit: Any) -> None:
         self.record("restart_error", (error, retry_count))
+
+
+@pytest.fixture(autouse=True)
+def _no_engine_left_running() -> Iterator[None]:
+    """Fail a test that leaves an engine running, after stopping it: a test that fails
+    half-way must not leave a reconnecting engine that fails every later test's thread
+    check too. (Imported by the other reliability modules, so it applies there.)"""
+    yield
+    left = [engine for engine in list(_running_engines) if engine.running]
+    for engine in left:
+        engine.stop(timeout=1.0)
+    if left:
+        pytest.fail(f"engines left running after the test (now stopped): {left}")
 
 
 def engine_threads() -> list[threading.Thread]:

@@ -24,6 +24,7 @@ from tests.support.servers import WsServer, echo_handler, run_ws_server, wait_fo
 from tests.test_reliability import (
     FAST,
     Recorder,
+    _no_engine_left_running,  # noqa: F401 (autouse)
     fast,
     stop_and_check,
     wait_open,

@@ -26,6 +26,7 @@ from tests.support.servers import echo_handler, run_ws_server, wait_for
 from tests.test_reliability import (
     FAST,
     Recorder,
+    _no_engine_left_running,  # noqa: F401 (autouse)
     close_frame,
     closed_port,
     fast,
