@@ -64,7 +64,7 @@ from websockets.sync.server import ServerConnection, serve
 from tests.support.proxy import Direction, FaultProxy, Scope
 from tests.support.rawserver import RawConnection
 from tests.support.rawserver import encode_frame as server_frame
-from tests.support.servers import echo_handler, run_ws_server, wait_for
+from tests.support.servers import WsServer, echo_handler, run_ws_server, wait_for
 from wsengine import (
     CloseMessage,
     EngineConfig,
@@ -207,6 +207,12 @@ def wait_open(engine: WebsocketEngine, client: Recorder, count: int,
     client.wait_count("open", count, timeout)
     wait_for(lambda: engine.state is EngineState.OPEN and engine.session is not None,
              timeout)
+
+
+def first_close_code(server: WsServer) -> int | None:
+    """The close code of the server's first connection; None until the server has seen
+    one (its handler may run a moment after the client's handshake completed)."""
+    return server.connections[0].close_code if server.connections else None
 
 
 def closed_port() -> int:

@@ -26,6 +26,7 @@ from tests.test_reliability import (
     Recorder,
     _no_engine_left_running,  # noqa: F401 (autouse)
     fast,
+    first_close_code,
     stop_and_check,
     wait_open,
 )
@@ -184,7 +185,7 @@ def test_c6_raising_on_close_still_sends_the_default_close(echo_server: WsServer
     engine = WebsocketEngine(echo_server.url, client, config=FAST)
     engine.start()
     stop_and_check(engine)
-    wait_for(lambda: echo_server.connections[0].close_code == 1000)
+    wait_for(lambda: first_close_code(echo_server) == 1000)
     assert client.details("close") == [None]
 
 
@@ -353,7 +354,7 @@ def test_c7_system_exit_in_a_callback_stops_and_reaches_run_forever(
     assert raised.value.code == 3
     stop_and_check(engine)
     assert client.names("open", "close") == ["open", "close"]
-    wait_for(lambda: echo_server.connections[0].close_code == 1000)
+    wait_for(lambda: first_close_code(echo_server) == 1000)
 
 
 # -- C9-C16: stop, restart and exit from everywhere --------------------------------------
@@ -439,7 +440,7 @@ def test_c16_restart_twice_from_on_message_reconnects_once(echo_server: WsServer
     client.wait_until(lambda: Message(MessageType.TEXT, "after") in client.messages)
     assert client.names("open", "close") == ["open", "close", "open"]
     stop_and_check(engine)
-    wait_for(lambda: echo_server.connections[0].close_code == 1001)
+    wait_for(lambda: first_close_code(echo_server) == 1001)
     assert len(echo_server.connections) == 2
 
 
@@ -459,7 +460,7 @@ def test_c16_exit_twice_from_on_message_stops_once(echo_server: WsServer) -> Non
     engine.send("exit")
     assert engine.wait(5) is True
     stop_and_check(engine)
-    wait_for(lambda: echo_server.connections[0].close_code == 1000)
+    wait_for(lambda: first_close_code(echo_server) == 1000)
     assert client.names("open", "close") == ["open", "close"]
     assert len(echo_server.connections) == 1
 
@@ -528,7 +529,7 @@ def test_c17_illegal_close_code_from_on_close_is_logged(
     engine = WebsocketEngine(echo_server.url, client, config=FAST)
     engine.start()
     stop_and_check(engine)
-    wait_for(lambda: echo_server.connections[0].close_code == 1000)
+    wait_for(lambda: first_close_code(echo_server) == 1000)
     warnings = [r.getMessage() for r in caplog.records
                 if r.name == "wsengine" and r.levelno == logging.WARNING]
     assert any("1005" in message for message in warnings)
@@ -567,6 +568,6 @@ def test_c21_forgotten_engine_warns_resource_warning(echo_server: WsServer) -> N
     )
     assert process.returncode == 0, process.stderr
     assert "main done" in process.stdout
-    wait_for(lambda: echo_server.connections[0].close_code == 1000)
+    wait_for(lambda: first_close_code(echo_server) == 1000)
     assert "ResourceWarning" in process.stderr
 

@@ -30,6 +30,7 @@ from tests.test_reliability import (
     close_frame,
     closed_port,
     fast,
+    first_close_code,
     first_then_idle,
     hold,
     serve_idle,
@@ -98,8 +99,8 @@ def test_b1_server_close_is_reported_once_echoed_then_reconnected(code: int) -> 
         wait_open(engine, client, 2)
         engine.send("after the reconnect")
         client.wait_count("message", 1)
-        wait_for(lambda: server.connections[0].close_code is not None)
-        echoed = server.connections[0].close_code
+        wait_for(lambda: first_close_code(server) is not None)
+        echoed = first_close_code(server)
         stop_and_check(engine)
     assert echoed == code
     closes = client.details("close")
@@ -431,8 +432,8 @@ def test_b13_message_over_max_size_from_a_real_server_is_1009() -> None:
         engine.start()
         engine.send("go")
         wait_open(engine, client, 2)
-        wait_for(lambda: server.connections[0].close_code is not None)
-        sent = server.connections[0].close_code
+        wait_for(lambda: first_close_code(server) is not None)
+        sent = first_close_code(server)
         engine.send(b"x" * 1024)
         client.wait_count("message", 1)
         stop_and_check(engine)
