@@ -14,6 +14,7 @@ import pytest
 import trustme
 
 from tests.support.servers import WsServer, echo_handler, run_ws_server
+from wsengine.engine import _running_engines
 
 #: Seconds a test's engine threads get to end after the test before it fails.
 THREAD_DEADLINE = 2.0
@@ -62,18 +63,30 @@ def wss_echo_server(tls: TlsMaterial) -> Iterator[WsServer]:
 
 @pytest.fixture(autouse=True)
 def _no_leaked_engine_threads() -> Iterator[None]:
-    """Fail a test that leaves a thread named ``wsengine*`` running (after 2 s of grace)."""
+    """Fail a test that leaves an engine running, or a thread named ``wsengine*`` that it
+    started still alive after 2 s of grace.
+
+    Engines left running are stopped first, and only threads started during the test are
+    checked, so that one failing test cannot make the tests after it fail too.
+    """
+    before = set(threading.enumerate())
     yield
+    left_running = [engine for engine in list(_running_engines) if engine.running]
+    for engine in left_running:
+        engine.stop(timeout=2)
     deadline = time.monotonic() + THREAD_DEADLINE
     while True:
         alive = [
-            t.name for t in threading.enumerate() if t.name.startswith("wsengine") and t.is_alive()
+            t.name for t in threading.enumerate()
+            if t.name.startswith("wsengine") and t.is_alive() and t not in before
         ]
         if not alive:
-            return
+            break
         if time.monotonic() >= deadline:
             pytest.fail(f"engine threads still running after the test: {alive}")
         time.sleep(0.01)
+    if left_running:
+        pytest.fail(f"engines left running after the test: {left_running}")
 
 
 @pytest.fixture(autouse=True)

@@ -354,13 +354,14 @@ def test_pause_lock_under_a_flood_stops_delivery_until_released() -> None:
 def test_backpressure_bounds_the_queue_and_loses_nothing() -> None:
     """B10: with on_message blocked, at most queue_size messages wait, the server's send
     stalls, and after release every message arrives once, in order."""
+    # 40 MB: more than loopback's socket buffers can hold, however far they autotune.
     total = 20000
     sent = {"count": 0}
     release = threading.Event()
 
     def burst(ws: ServerConnection) -> None:
         for number in range(total):
-            ws.send(f"{number:06d}" + "y" * 200)
+            ws.send(f"{number:06d}" + "y" * 2000)
             sent["count"] = number + 1
         ws.recv()
 
@@ -374,21 +375,23 @@ def test_backpressure_bounds_the_queue_and_loses_nothing() -> None:
     with run_ws_server(burst) as server:
         engine = WebsocketEngine(server.url, client, config=config)
         engine.start()
-        depths = []
-        previous = -1
-        # The server's send stalls: its count stops moving well before the total.
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            depths.append(engine.queue_depth())
-            now = sent["count"]
-            if now == previous:
-                break
-            previous = now
-            threading.Event().wait(0.2)
-        assert sent["count"] < total
-        assert max(depths) <= config.queue_size
-        release.set()
-        client.wait_until(lambda: len(client.messages) == total, timeout=20)
+        try:
+            depths = []
+            previous = -1
+            # The server's send stalls: its count stops moving well before the total.
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                depths.append(engine.queue_depth())
+                now = sent["count"]
+                if now == previous:
+                    break
+                previous = now
+                threading.Event().wait(0.2)
+            assert sent["count"] < total
+            assert max(depths) <= config.queue_size
+        finally:
+            release.set()
+        client.wait_until(lambda: len(client.messages) == total, timeout=30)
         engine.stop()
     assert [m.data[:6] for m in client.messages] == [f"{n:06d}" for n in range(total)]
 
