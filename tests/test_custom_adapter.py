@@ -318,6 +318,6 @@ def test_pause_lock_stops_delivery_and_lets_the_holder_read(peer: Peer) -> None:
         client.wait_for_messages(1)
     finally:
         engine.stop()
-    assert took < 0.25
+    assert took < 0.5  # at most one 20 ms read of the base class's fast path, unloaded
     assert by_hand == Message(MessageType.TEXT, "for the holder")
     assert client.messages == [Message(MessageType.TEXT, "for the engine")]
