@@ -925,3 +925,38 @@ def test_partial_frame_buffered_is_not_pending_data(adapter: WebsocketClientAdap
         wait_for(lambda: adapter.read(timeout=0.01) is None and not adapter.has_pending_data())
         assert adapter.read_available(1) == []
         assert adapter.has_pending_data() is False
+
+
+def test_credentials_do_not_follow_a_redirect_to_another_origin() -> None:
+    """A redirect to another origin drops Authorization and Cookie; one to the same
+    origin keeps them (websocket-client would send them anywhere)."""
+
+    seen: list[tuple[str | None, str | None]] = []
+
+    def record(conn: ServerConnection, request: Request) -> None:
+        seen.append((request.headers.get("Authorization"), request.headers.get("Cookie")))
+
+    with run_ws_server(echo_handler, process_request=record) as target:
+
+        landed: list[str | None] = []
+
+        def redirect(conn: ServerConnection, request: Request) -> Response | None:
+            if request.path == "/same":
+                landed.append(request.headers.get("Authorization"))
+                return None
+            response = conn.respond(302, "moved\n")
+            response.headers["Location"] = target.url if request.path == "/away" else "/same"
+            return response
+
+        with run_ws_server(echo_handler, process_request=redirect) as origin:
+            adapter = WebsocketClientAdapter(
+                header={"Authorization": "Bearer secret-1"}, cookie="session=secret-2"
+            )
+            try:
+                adapter.dial(origin.url + "away", 5)
+                adapter.close(timeout=1)
+                adapter.dial(origin.url + "here", 5)
+            finally:
+                adapter.close(timeout=1)
+    assert seen == [(None, None)]
+    assert landed == ["Bearer secret-1"]

@@ -108,6 +108,11 @@ def first_close_code(server: WsServer) -> int | None:
     return server.connections[0].close_code if server.connections else None
 
 
+def wait_open(engine: WebsocketEngine) -> None:
+    """Wait until the engine has published its current session (after on_open)."""
+    wait_for(lambda: engine.state is EngineState.OPEN and engine.session is not None)
+
+
 def engine_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("wsengine")]
 
@@ -540,6 +545,7 @@ def test_server_close_is_reported_once_then_the_engine_reconnects() -> None:
         client.wait_until(lambda: client.names().count("open") == 2)
         assert client.details("close") == [CloseMessage(1012, "restarting")]
         assert client.details("open") == [False, True]
+        wait_open(engine)  # published only once on_open has returned
         engine.send("after reconnect")
         client.wait_until(lambda: len(client.messages) == 1)
         engine.stop()
@@ -775,6 +781,7 @@ def test_handshake_refusals_while_restarting() -> None:
         session.restart()
         client.wait_until(lambda: client.names().count("open") == 2)
         assert [d[1] for d in client.details("restart_error")] == [1, 2, 3]
+        wait_open(engine)
         state["refuse"] = 100
         state["status"] = 403
         session = engine.session

@@ -120,11 +120,6 @@ class Flatness:
         assert growth < RSS_GROWTH_LIMIT, [r // 2**20 for r in self.rss]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine.py: _Run.threads keeps every worker Thread of every session of a run "
-    "(_start_workers adds them, nothing removes them): about 4.5 KiB of RSS per reconnect",
-)
 @pytest.mark.timeout(BUDGET + 120)
 def test_soak_ten_thousand_reconnects_through_the_proxy() -> None:
     """10 000 reconnects (restart, proxy reset and proxy drop in turn) through the proxy:

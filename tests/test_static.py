@@ -48,10 +48,11 @@ def test_mypy_strict_is_clean() -> None:
 
 @pytest.mark.timeout(60)
 def test_ruff_is_clean() -> None:
-    """ruff check reports nothing on the package, tests, example and benchmarks."""
+    """ruff check reports nothing on the package, tests, example, benchmarks and
+    conformance script."""
     ruff = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
     result = subprocess.run(
-        [ruff, "check", "wsengine", "tests", "example", "benchmarks"],
+        [ruff, "check", "wsengine", "tests", "example", "benchmarks", "conformance"],
         cwd=ROOT, capture_output=True, text=True, timeout=50,
     )
     assert result.returncode == 0, result.stdout + result.stderr

@@ -522,6 +522,9 @@ class WebsocketEngine:
         )
         with self._state_lock:
             run.dispatcher = dispatcher
+        # Forget the threads of sessions that ended, or a long run's set grows with every
+        # reconnect (seen by the soak test: 4.5 KiB per reconnect).
+        run.threads.difference_update([t for t in run.threads if not t.is_alive()])
         early, session._early = session._early, []
         dispatcher.start(early)
         run.threads.update(dispatcher.threads)

@@ -21,9 +21,11 @@ import threading
 import time
 from datetime import UTC, datetime
 from typing import Any, Final, cast
+from urllib.parse import urljoin
 
 import websocket
 
+from wsengine._url import url_target, validate_url
 from wsengine.adapters._frames import (
     OP_BINARY,
     OP_PING,
@@ -56,6 +58,43 @@ _POLLOUT: Final = select.POLLOUT
 _RESERVED_OPTIONS: Final = frozenset(
     {"timeout", "skip_utf8_validation", "enable_multithread", "class_"}
 )
+
+
+#: Redirects followed by default, as websocket-client does.
+_REDIRECT_LIMIT: Final = 3
+_REDIRECT_STATUSES: Final = frozenset({301, 302, 303, 307, 308})
+#: Request headers that must not follow a redirect to another origin.
+_CREDENTIAL_HEADERS: Final = frozenset({"authorization", "cookie", "proxy-authorization"})
+
+
+class _Redirect(Exception):
+    """A 3xx answer to one handshake, for ``dial`` to follow or refuse."""
+
+    def __init__(self, status: int, location: str | None) -> None:
+        super().__init__(status)
+        self.status = status
+        self.location = location
+
+
+def _origin(url: str) -> tuple[str, str, int]:
+    return url_target(url)
+
+
+def _without_credentials(options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` without cookies and credential headers (for another origin)."""
+    kept = {name: value for name, value in options.items() if name != "cookie"}
+    header = options.get("header")
+    if isinstance(header, dict):
+        kept["header"] = {
+            name: value for name, value in header.items()
+            if name.lower() not in _CREDENTIAL_HEADERS
+        }
+    elif header is not None:
+        kept["header"] = [
+            line for line in header
+            if line.partition(":")[0].strip().lower() not in _CREDENTIAL_HEADERS
+        ]
+    return kept
 
 
 def _poll_ms(seconds: float | None) -> int | None:
@@ -139,9 +178,12 @@ class WebsocketClientAdapter(ConnectionAdapter):
             ``subprotocols``, ``sslopt``, ``http_proxy_host``...). TLS certificates are
             verified unless ``sslopt`` says otherwise.
 
-    Redirects: a 3xx answer to the handshake is followed, up to 3 times, by
-    websocket-client (to the ``Location`` given); a longer chain fails ``dial`` with a
-    :class:`~wsengine.errors.HandshakeError`.
+    Redirects: a 3xx answer to the handshake is followed, up to ``redirect_limit`` times
+    (default 3, as websocket-client), to the ``Location`` given. A redirect to another
+    origin (scheme, host or port) drops the ``Authorization``, ``Cookie`` and
+    ``Proxy-Authorization`` headers and the ``cookie`` option, and one from ``wss://`` to
+    ``ws://`` is refused. A longer chain (``status`` None), or a 3xx without ``Location``
+    (``status`` the 3xx), fails ``dial`` with a :class:`~wsengine.errors.HandshakeError`.
 
     Raises:
         ConfigError: ``max_size`` is not a positive int or None, or an option is one the
@@ -231,31 +273,34 @@ class WebsocketClientAdapter(ConnectionAdapter):
         """
         if self._sock is not None:
             self.abort()
-        dialing: list[websocket.WebSocket] = []
-
-        def make_websocket(**arguments: Any) -> websocket.WebSocket:
-            # create_connection builds the WebSocket through this: keep it reachable so
-            # that abort() can cut a handshake that hangs (the engine's stop()).
-            made = websocket.WebSocket(**arguments)
-            dialing.append(made)
-            return made
-
-        self._dialing = dialing
-        try:
-            ws = websocket.create_connection(
-                url,
-                timeout=timeout,
-                # Called like a factory; typed as a class by websocket-client.
-                class_=cast(type[websocket.WebSocket], make_websocket),
-                skip_utf8_validation=True,
-                enable_multithread=True,
-                **self._options,
-            )
-        except websocket.WebSocketException as error:
-            # from None: the original message quotes the response headers.
-            raise _dial_error(error) from None
-        finally:
-            self._dialing = []
+        options = dict(self._options)
+        hops_left = options.pop("redirect_limit", _REDIRECT_LIMIT)
+        target = url
+        while True:
+            try:
+                ws = self._handshake(target, timeout, options)
+                break
+            except _Redirect as redirect:
+                status, location = redirect.status, redirect.location
+            # Redirects are followed here, not by websocket-client, which would send the
+            # same headers (Authorization included) to any host it is sent to.
+            if not location:
+                raise HandshakeError(f"redirect ({status}) without a Location header", status)
+            if hops_left <= 0:
+                # No status, as with the websockets adapter: the loop is the failure, not
+                # the server's answer.
+                raise HandshakeError(f"too many redirects (last status {status})")
+            hops_left -= 1
+            following = urljoin(target, location)
+            try:
+                following = validate_url(following, "redirect Location")
+            except ConfigError as error:
+                raise HandshakeError(str(error), status) from None
+            if _origin(following) != _origin(target):
+                if target.lower().startswith("wss:") and not following.lower().startswith("wss:"):
+                    raise HandshakeError("redirect from wss:// to ws:// refused", status)
+                options = _without_credentials(options)
+            target = following
         sock = ws.sock
         if sock is None:  # pragma: no cover - create_connection returns connected
             raise HandshakeError("websocket-client returned no socket")
@@ -276,6 +321,43 @@ class WebsocketClientAdapter(ConnectionAdapter):
             headers=dict(ws.getheaders() or {}),
             subprotocol=ws.getsubprotocol(),
         )
+
+    def _handshake(
+        self, url: str, timeout: float | None, options: dict[str, Any]
+    ) -> websocket.WebSocket:
+        """One TCP/TLS connection and opening handshake, cuttable by ``abort()``."""
+        dialing: list[websocket.WebSocket] = []
+
+        def make_websocket(**arguments: Any) -> websocket.WebSocket:
+            # create_connection builds the WebSocket through this: keep it reachable so
+            # that abort() can cut a handshake that hangs (the engine's stop()).
+            made = websocket.WebSocket(**arguments)
+            dialing.append(made)
+            return made
+
+        self._dialing = dialing
+        try:
+            return websocket.create_connection(
+                url,
+                timeout=timeout,
+                # Called like a factory; typed as a class by websocket-client.
+                class_=cast(type[websocket.WebSocket], make_websocket),
+                skip_utf8_validation=True,
+                enable_multithread=True,
+                redirect_limit=0,
+                **options,
+            )
+        except websocket.WebSocketException as error:
+            # With redirect_limit=0, websocket-client raises on a 3xx; its WebSocket still
+            # holds the response.
+            answer = dialing[-1].handshake_response if dialing else None
+            if answer is not None and answer.status in _REDIRECT_STATUSES:
+                location = (answer.headers or {}).get("location")
+                raise _Redirect(answer.status, location) from None
+            # from None: the original message quotes the response headers.
+            raise _dial_error(error) from None
+        finally:
+            self._dialing = []
 
     def read(self, timeout: float | None = None) -> Message | None:
         """Return the next data message, or None when ``timeout`` passes first.
