@@ -69,6 +69,7 @@ from wsengine.types import (
     EngineState,
     Message,
     is_sendable_close_code,
+    truncate_close_reason,
 )
 
 __all__ = ["UrlSource", "WebsocketEngine"]
@@ -864,16 +865,8 @@ def _close_frame(answer: object, default: int) -> CloseMessage:
     if not is_sendable_close_code(answer.code):
         logger.warning("on_close asked for close code %r, which is not legal on the wire: "
                        "sending %d", answer.code, default)
-        return CloseMessage(default, _cut_reason(answer.reason))
-    return CloseMessage(answer.code, _cut_reason(answer.reason))
-
-
-def _cut_reason(reason: str) -> str:
-    """Cut ``reason`` to at most 123 UTF-8 bytes, at a character boundary."""
-    encoded = reason.encode("utf-8", errors="replace")
-    if len(encoded) <= 123:
-        return reason
-    return encoded[:123].decode("utf-8", errors="ignore")
+        return CloseMessage(default, truncate_close_reason(answer.reason))
+    return CloseMessage(answer.code, truncate_close_reason(answer.reason))
 
 
 def _check_timeout(name: str, value: float | None, default: float | None) -> float | None:

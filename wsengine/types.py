@@ -63,6 +63,18 @@ def is_sendable_close_code(code: int) -> bool:
     return code in _SENDABLE_CODES or 3000 <= code <= 4999
 
 
+#: Longest close reason, in UTF-8 bytes, that fits a control frame (RFC 6455 5.5).
+MAX_CLOSE_REASON_BYTES = 123
+
+
+def truncate_close_reason(reason: str) -> str:
+    """Cut ``reason`` to at most 123 bytes of UTF-8, at a character boundary."""
+    encoded = reason.encode("utf-8", errors="replace")
+    if len(encoded) <= MAX_CLOSE_REASON_BYTES:
+        return reason
+    return encoded[:MAX_CLOSE_REASON_BYTES].decode("utf-8", errors="ignore")
+
+
 _SENDABLE_CODES = frozenset(
     {1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014}
 )

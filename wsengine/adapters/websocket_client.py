@@ -12,19 +12,18 @@ accepts a text message that ends in a truncated UTF-8 sequence.
 from __future__ import annotations
 
 import contextlib
-import email.utils
 import math
 import select
 import socket
 import ssl
 import threading
 import time
-from datetime import UTC, datetime
 from typing import Any, Final, cast
 from urllib.parse import urljoin
 
 import websocket
 
+from wsengine._reconnect import parse_retry_after
 from wsengine._url import url_target, validate_url
 from wsengine.adapters._frames import (
     OP_BINARY,
@@ -38,7 +37,12 @@ from wsengine.adapters._frames import (
 )
 from wsengine.adapters.base import ConnectionAdapter
 from wsengine.errors import ConfigError, ConnectionClosedError, HandshakeError, ProtocolError
-from wsengine.types import HandshakeResponse, Message, is_sendable_close_code
+from wsengine.types import (
+    HandshakeResponse,
+    Message,
+    is_sendable_close_code,
+    truncate_close_reason,
+)
 
 __all__ = ["WebsocketClientAdapter"]
 
@@ -51,7 +55,6 @@ _CONTROL_SEND_TIMEOUT: Final = 1.0
 # Longest wait, in teardown, for readers and writers (already woken) to leave the socket
 # before its file descriptor is closed under them.
 _TEARDOWN_GRACE: Final = 2.0
-_MAX_REASON_BYTES: Final = 123
 _POLLIN: Final = select.POLLIN
 _POLLOUT: Final = select.POLLOUT
 # Options this adapter sets itself when it calls websocket.create_connection.
@@ -104,31 +107,6 @@ def _poll_ms(seconds: float | None) -> int | None:
     return max(0, math.ceil(seconds * 1000))
 
 
-def _retry_after(headers: dict[str, str] | None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delay-seconds or an HTTP date)."""
-    value = (headers or {}).get("retry-after")
-    if value is None:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(int(value))
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
-
-
-def _truncate_reason(reason: str) -> str:
-    """Cut ``reason`` to 123 bytes of UTF-8 at a character boundary (RFC 6455 5.5)."""
-    encoded = reason.encode("utf-8")
-    if len(encoded) <= _MAX_REASON_BYTES:
-        return reason
-    return encoded[:_MAX_REASON_BYTES].decode("utf-8", "ignore")
-
-
 def _dial_error(error: websocket.WebSocketException) -> Exception:
     """Map a websocket-client handshake failure to the error dial() raises.
 
@@ -139,7 +117,7 @@ def _dial_error(error: websocket.WebSocketException) -> Exception:
         return HandshakeError(
             f"server rejected the opening handshake with HTTP {status}",
             status=status,
-            retry_after=_retry_after(error.resp_headers),
+            retry_after=parse_retry_after((error.resp_headers or {}).get("retry-after")),
         )
     if isinstance(error, websocket.WebSocketTimeoutException):
         return TimeoutError("timed out during the opening handshake")
@@ -427,7 +405,7 @@ class WebsocketClientAdapter(ConnectionAdapter):
         """
         if isinstance(code, bool) or not isinstance(code, int) or not is_sendable_close_code(code):
             raise ConfigError(f"close code {code!r} may not be sent on the wire")
-        reason = _truncate_reason(reason)
+        reason = truncate_close_reason(reason)
         if self._torn_down:
             return
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -645,7 +623,7 @@ class WebsocketClientAdapter(ConnectionAdapter):
         """Fail the connection for a protocol violation: send a close frame with ``code``,
         then drop TCP. Later reads and writes raise ``ProtocolError(code, reason)``."""
         self._send_close(
-            encode_close(code, _truncate_reason(reason)),
+            encode_close(code, truncate_close_reason(reason)),
             ProtocolError(code, reason),
             self._control_deadline(),
         )

@@ -24,13 +24,11 @@ from __future__ import annotations
 
 import codecs
 import contextlib
-import email.utils
 import queue
 import socket
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any, Final
 
 try:
@@ -62,9 +60,16 @@ if int(_websockets_version.split(".")[0]) < 17:  # pragma: no cover - depends on
         f"{_websockets_version}; install it with: pip install 'wsengine[websockets]'"
     )
 
+from wsengine._reconnect import parse_retry_after
 from wsengine.adapters.base import ConnectionAdapter
 from wsengine.errors import ConfigError, ConnectionClosedError, HandshakeError, ProtocolError
-from wsengine.types import HandshakeResponse, Message, MessageType, is_sendable_close_code
+from wsengine.types import (
+    HandshakeResponse,
+    Message,
+    MessageType,
+    is_sendable_close_code,
+    truncate_close_reason,
+)
 
 __all__ = ["WebsocketsAdapter"]
 
@@ -78,7 +83,6 @@ _TEARDOWN_GRACE: Final = 2.0
 # Longest wait for the protocol mutex when the reader fails the connection: a writer stuck
 # on a peer that does not read must not hold the reader forever.
 _CONTROL_SEND_TIMEOUT: Final = 1.0
-_MAX_REASON_BYTES: Final = 123
 _TEXT: Final = Opcode.TEXT
 _PING: Final = Opcode.PING
 _PONG: Final = Opcode.PONG
@@ -86,30 +90,6 @@ _CLOSE: Final = Opcode.CLOSE
 _TEXT_MESSAGE: Final = MessageType.TEXT
 _BINARY_MESSAGE: Final = MessageType.BINARY
 _Utf8Decoder = codecs.getincrementaldecoder("utf-8")
-
-
-def _retry_after(values: list[str]) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delay-seconds or an HTTP date)."""
-    if not values:
-        return None
-    value = values[0].strip()
-    if value.isdigit():
-        return float(int(value))
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
-
-
-def _truncate_reason(reason: str) -> str:
-    """Cut ``reason`` to 123 bytes of UTF-8 at a character boundary (RFC 6455 5.5)."""
-    encoded = reason.encode("utf-8")
-    if len(encoded) <= _MAX_REASON_BYTES:
-        return reason
-    return encoded[:_MAX_REASON_BYTES].decode("utf-8", "ignore")
 
 
 def _remaining(deadline: float | None) -> float | None:
@@ -136,7 +116,7 @@ def _dial_error(error: Exception) -> Exception:
         return HandshakeError(
             f"server rejected the opening handshake with HTTP {status}",
             status=status,
-            retry_after=_retry_after(response.headers.get_all("Retry-After")),
+            retry_after=parse_retry_after(response.headers.get("Retry-After")),
         )
     if isinstance(error, SecurityError):
         return HandshakeError(
@@ -616,7 +596,7 @@ class WebsocketsAdapter(ConnectionAdapter):
         """
         if isinstance(code, bool) or not isinstance(code, int) or not is_sendable_close_code(code):
             raise ConfigError(f"close code {code!r} may not be sent on the wire")
-        reason = _truncate_reason(reason)
+        reason = truncate_close_reason(reason)
         conn = self._conn
         if conn is None or conn.torn_down:
             return
