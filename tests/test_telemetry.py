@@ -363,3 +363,33 @@ def test_metrics_count_messages_connections_and_callbacks(echo_server: WsServer,
     assert otel.metric("wsengine.queue.depth")
     engine.stop()
     assert total("wsengine.connections.open") == 0
+
+
+@pytest.mark.timeout(300)
+def test_span_count_equals_message_count_over_100000_messages(otel: Telemetry) -> None:
+    """D5 at length: 100,000 messages through one long-lived session give exactly 100,000
+    receive spans, every one ended (none piles up in a worker)."""
+    total = 100_000
+
+    def burst(ws: ServerConnection) -> None:
+        for number in range(total):
+            ws.send(str(number))
+        ws.recv()
+
+    class Counting(Observer):
+        def on_message(self, session: Session, message: Message) -> None:
+            with self.lock:
+                self.count += 1
+                if self.count >= self.expected:
+                    self.done.set()
+
+    client = Counting(expected=total)
+    with run_ws_server(burst) as server:
+        engine = WebsocketEngine(server.url, client, config=CONFIG,
+                                 tracer_provider=otel.tracer_provider)
+        engine.start()
+        assert client.done.wait(240)
+        engine.stop()
+    assert len(otel.spans("wsengine.receive")) == total
+    assert len(otel.spans("wsengine.callback.on_message")) == total
+    assert len(otel.spans("wsengine.session")) == 1
