@@ -907,3 +907,22 @@ def test_start_timeout_cuts_a_handshake_that_never_comes() -> None:
         wait_for(lambda: not engine_threads(), timeout=1.0)
         assert time.monotonic() - began < 1.5
         release.set()
+
+
+def test_keyboard_interrupt_in_on_open_while_restarting_stops_run_forever(
+    echo: WsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """C7: KeyboardInterrupt from on_open during a reconnect stops the engine cleanly (no
+    'supervisor crashed') and reaches run_forever."""
+
+    class InterruptOnRestart(Recorder):
+        def on_open(self, session: Session, response: HandshakeResponse, restarting: bool) -> None:
+            if restarting:
+                raise KeyboardInterrupt
+            session.restart()
+
+    engine = WebsocketEngine(echo.url, InterruptOnRestart(), config=FAST)
+    with pytest.raises(KeyboardInterrupt):
+        engine.run_forever()
+    assert engine.state is EngineState.STOPPED
+    assert not [r for r in caplog.records if r.levelno >= logging.CRITICAL]

@@ -129,7 +129,9 @@ class _Run:
         self.abandoned = False  # start() timed out: what the supervisor opens late is closed
         self.session: Session | None = None
         self.dispatcher: Dispatcher | None = None
-        self.threads: set[threading.Thread] = set()  # engine threads, to spot self-calls
+        # Engine threads, to spot calls from our own threads. Changed only by start() and
+        # the supervisor; others read snapshots (list() copies a set atomically).
+        self.threads: set[threading.Thread] = set()
         self.interrupt: BaseException | None = None  # KeyboardInterrupt/SystemExit in a callback
         self.attempt = 0  # backoff exponent k; back to 0 after a connection lived long enough
         self.rng = random.Random()
@@ -263,7 +265,7 @@ class WebsocketEngine:
         if previous is not None:
             # A stop that gave up on a stuck thread may leave it; it must not share the
             # adapter with the new connection.
-            for thread in previous.threads:
+            for thread in list(previous.threads):
                 if thread.is_alive() and thread is not threading.current_thread():
                     thread.join(ABORT_GRACE)
         opened: Future[Session] = Future()
@@ -339,7 +341,7 @@ class WebsocketEngine:
             if run.stopped.wait(ABORT_GRACE):
                 self._join_supervisor(run)
                 return
-            stuck = [t for t in run.threads if t.is_alive()]
+            stuck = [t for t in list(run.threads) if t.is_alive()]
             logger.warning(
                 "stop() gave up after %s s; still running: %s. Those daemon threads are "
                 "left behind and will not block interpreter exit.",
@@ -349,7 +351,7 @@ class WebsocketEngine:
 
     @staticmethod
     def _join_supervisor(run: _Run) -> None:
-        for thread in run.threads:
+        for thread in list(run.threads):
             if thread.name.startswith("wsengine-supervisor") and thread.is_alive():
                 thread.join(ABORT_GRACE)
 
@@ -525,7 +527,7 @@ class WebsocketEngine:
             run.dispatcher = dispatcher
         # Forget the threads of sessions that ended, or a long run's set grows with every
         # reconnect (seen by the soak test: 4.5 KiB per reconnect).
-        run.threads.difference_update([t for t in run.threads if not t.is_alive()])
+        run.threads.difference_update([t for t in list(run.threads) if not t.is_alive()])
         early, session._early = session._early, []
         dispatcher.start(early)
         run.threads.update(dispatcher.threads)
@@ -671,6 +673,11 @@ class WebsocketEngine:
                         "on_restart_error", self._client.on_restart_error,
                         error, failures, exited.set,
                     )
+                except BaseException:
+                    # KeyboardInterrupt/SystemExit from on_open: recorded for run_forever()
+                    # and a stop is under way (see _interrupted).
+                    run.stop_requested.set()
+                    return None
             limit = config.reconnect_max_attempts
             if exited.is_set() or fatal or (limit is not None and failures >= limit):
                 if fatal:
