@@ -458,7 +458,8 @@ class WebsocketEngine:
         """
         url = self._resolve_url()
         started = time.monotonic()
-        with self._telemetry.operation(SPAN_DIAL, self._target_attributes(url)):
+        attributes = self._target_attributes(url)
+        with self._telemetry.operation(SPAN_DIAL, attributes):
             response = self._adapter.dial(url, self._config.open_timeout)
         if run.abandoned or run.stop_requested.is_set():
             # start() gave up, or stop() came during the dial: nobody wants this connection.
@@ -468,9 +469,9 @@ class WebsocketEngine:
             secrets.token_hex(8), self._adapter, self.pause_lock,
             lambda ended, how: self._session_ended(run, ended, how),
         )
-        attributes = self._target_attributes(url)
-        attributes["wsengine.session.id"] = session.id
-        span = self._telemetry.tracer.start_span(SPAN_SESSION, attributes=attributes)
+        span = self._telemetry.tracer.start_span(
+            SPAN_SESSION, attributes={**attributes, "wsengine.session.id": session.id}
+        )
         session_ctx = trace.set_span_in_context(span)
         session.span = span
         session.otel_ctx = session_ctx

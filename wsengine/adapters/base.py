@@ -5,7 +5,10 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Collection, Mapping
+from typing import Any
 
+from wsengine.errors import ConfigError
 from wsengine.types import HandshakeResponse, Message
 
 __all__ = ["ConnectionAdapter"]
@@ -125,3 +128,21 @@ class ConnectionAdapter(ABC):
         peer is alive even if nothing was parsed lately: the engine was not reading).
         Bytes of a partial frame already buffered do not count. The default says False."""
         return False
+
+
+def check_adapter_arguments(
+    max_size: object, options: Mapping[str, Any], reserved: Collection[str]
+) -> None:
+    """Check an adapter constructor's arguments (shared by the shipped adapters).
+
+    Raises:
+        ConfigError: ``max_size`` is not a positive int or None, or ``options`` holds an
+            option the adapter sets itself (one of ``reserved``).
+    """
+    if max_size is not None and (
+        not isinstance(max_size, int) or isinstance(max_size, bool) or max_size < 1
+    ):
+        raise ConfigError(f"max_size must be a positive int or None, got {max_size!r}")
+    clashing = sorted(set(reserved).intersection(options))
+    if clashing:
+        raise ConfigError(f"option {clashing[0]} is set by the adapter; do not pass it")

@@ -61,7 +61,7 @@ if int(_websockets_version.split(".")[0]) < 17:  # pragma: no cover - depends on
     )
 
 from wsengine._reconnect import parse_retry_after
-from wsengine.adapters.base import ConnectionAdapter
+from wsengine.adapters.base import ConnectionAdapter, check_adapter_arguments
 from wsengine.errors import ConfigError, ConnectionClosedError, HandshakeError, ProtocolError
 from wsengine.types import (
     HandshakeResponse,
@@ -473,13 +473,7 @@ class WebsocketsAdapter(ConnectionAdapter):
     """
 
     def __init__(self, max_size: int | None = 2**20, **options: Any) -> None:
-        if max_size is not None and (
-            not isinstance(max_size, int) or isinstance(max_size, bool) or max_size < 1
-        ):
-            raise ConfigError(f"max_size must be a positive int or None, got {max_size!r}")
-        reserved = sorted(_RESERVED_OPTIONS.intersection(options))
-        if reserved:
-            raise ConfigError(f"option {reserved[0]} is set by the adapter; do not pass it")
+        check_adapter_arguments(max_size, options, _RESERVED_OPTIONS)
         self._max_size = max_size
         self._options = options
         # Held by the one thread reading (read, read_available); other readers wait on it.
