@@ -260,7 +260,7 @@ def test_abort_unblocks_a_blocked_reader(
 
     (thread,) = run_threads(1, reader, "reader")
     assert started.wait(5)
-    wait_for(adapter._read_mutex.locked)
+    wait_for(adapter._driver._read_mutex.locked)
     adapter.abort()
     thread.join(5)
     assert not thread.is_alive()
@@ -283,7 +283,7 @@ def test_close_unblocks_a_blocked_reader(
             outcome.append(error)
 
     (thread,) = run_threads(1, reader, "reader")
-    wait_for(adapter._read_mutex.locked)
+    wait_for(adapter._driver._read_mutex.locked)
     adapter.close(1000, timeout=5)
     thread.join(5)
     assert not thread.is_alive()
@@ -292,8 +292,9 @@ def test_close_unblocks_a_blocked_reader(
 
 
 def open_sockets(conn: WebsocketClientAdapter) -> list[socket.socket]:
-    """The adapter's TCP socket and wake-up pair that are still open."""
-    sockets = [conn._sock, conn._wake_r, conn._wake_w]
+    """The driver's TCP socket and wake-up pair that are still open."""
+    driver = conn._driver
+    sockets = [driver._sock, driver._wake_r, driver._wake_w]
     return [s for s in sockets if s is not None and s.fileno() != -1]
 
 

@@ -48,8 +48,8 @@ from wsengine import (
     Session,
     WebsocketEngine,
 )
+from wsengine._protocol import FrameError, FrameParser
 from wsengine._reconnect import backoff_delay
-from wsengine.adapters._frames import FrameError, FrameParser
 from wsengine.adapters.websocket_client import WebsocketClientAdapter
 
 TEXT = MessageType.TEXT
@@ -690,7 +690,7 @@ def test_b22_stop_aborts_a_send_blocked_by_a_peer_that_does_not_read(
         engine.start()
         engine.send("go")
         assert sending.wait(5)
-        wait_for(lambda: thread_in("wsengine-worker", "_send_all"), timeout=5)
+        wait_for(lambda: thread_in("wsengine-worker", "_send_pending"), timeout=5)
         began = time.monotonic()
         engine.stop()
         took = time.monotonic() - began

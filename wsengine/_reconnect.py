@@ -8,16 +8,14 @@ Nothing here sleeps or touches a socket, so the engine's retry loop stays interr
 
 from __future__ import annotations
 
-import email.utils
 import math
 import random
 from collections.abc import Iterator
-from datetime import UTC, datetime
 
 from wsengine.config import EngineConfig
 
 __all__ = [
-    "backoff_delay", "backoff_delays", "is_fatal_status", "parse_retry_after", "retry_wait",
+    "backoff_delay", "backoff_delays", "is_fatal_status", "retry_wait",
 ]
 
 #: 4xx statuses that say "try again later" rather than "you will never get in".
@@ -78,23 +76,6 @@ def retry_wait(delay: float, retry_after: float | None, cap: float) -> float:
     if retry_after is None or math.isnan(retry_after) or retry_after < 0:
         return delay
     return min(cap, max(delay, retry_after))
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header value (delay-seconds or an HTTP
-    date); None when absent or unreadable."""
-    if value is None:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(int(value))
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 def _nominal_delay(config: EngineConfig, attempt: int) -> float:

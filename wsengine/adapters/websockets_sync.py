@@ -60,7 +60,7 @@ if int(_websockets_version.split(".")[0]) < 17:  # pragma: no cover - depends on
         f"{_websockets_version}; install it with: pip install 'wsengine[websockets]'"
     )
 
-from wsengine._reconnect import parse_retry_after
+from wsengine.adapters._dial import parse_retry_after
 from wsengine.adapters.base import ConnectionAdapter, check_adapter_arguments
 from wsengine.errors import ConfigError, ConnectionClosedError, HandshakeError, ProtocolError
 from wsengine.types import (

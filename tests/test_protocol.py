@@ -9,7 +9,7 @@ import struct
 import pytest
 
 from tests.support.rawserver import encode_frame as server_frame
-from wsengine.adapters._frames import (
+from wsengine._protocol import (
     OP_CLOSE,
     OP_PING,
     OP_PONG,

@@ -1,0 +1,874 @@
+# SPDX-License-Identifier: Apache-2.0
+# Copyright The wsengine authors
+"""The one socket driver: moves a connection's bytes between its socket and its protocol.
+
+After the opening handshake every shipped adapter hands its socket to a
+:class:`SocketDriver`, the only code that touches it: non-blocking reads and writes,
+``poll`` plus a wake-up socket pair, the read, wait, send and state mutexes, the close
+handshake's timing and the teardown. The rules of the protocol (framing, UTF-8, close
+codes, what may be sent when) all live in :class:`~wsengine._protocol.ClientProtocol`.
+
+Two rules keep a busy connection alive:
+
+- Reading never waits for writing. The reader queues pongs and close replies in the
+  protocol and sends them only if the send turn is free; otherwise the thread holding
+  the turn sends them after its data frame. A writer blocked on a full TCP window cannot
+  stop the reader, so the peer, which is being read, can drain the window.
+- Control frames never wait behind the application: pings and pongs are queued, not
+  written under a lock, so the keepalive goes on judging the peer while a send is
+  blocked, and a dead peer ends that send with ``ConnectionClosedError``.
+
+:class:`DrivenAdapter` is the base of the shipped adapters: it turns one handshake (the
+subclass's ``_handshake``) into a driven connection, follows redirects with the shared
+policy, and lets ``abort()`` cut a dial in progress.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import select
+import socket
+import ssl
+import threading
+import time
+from abc import abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final
+
+from wsengine._protocol import ClientProtocol, Extension, State
+from wsengine.adapters._dial import DialAborted, DialGuard, follow_redirects
+from wsengine.adapters.base import ConnectionAdapter
+from wsengine.errors import ConfigError, ConnectionClosedError
+from wsengine.types import HandshakeResponse, Message, is_sendable_close_code
+
+__all__ = ["DrivenAdapter", "Handshake", "SocketDriver"]
+
+_RECV_SIZE: Final = 65536
+#: Rounds (one socket read, or one parse of at most the protocol's control-frame budget)
+#: that one non-blocking ``read_available`` makes at most: a peer that floods control
+#: frames, which produce no message, cannot hold the reader (and so the engine's pause
+#: lock) for more than about a millisecond.
+_MAX_ROUNDS_PER_PASS: Final = 8
+# A thread waiting on the socket wakes this often to see whether teardown began (the
+# shutdown normally wakes it at once; this is the safety net).
+_WAIT_SLICE: Final = 0.1
+# Longest wait for the send turn when the reader must send the close frame of a failed
+# connection: a writer stuck on a peer that does not read must not hold the reader.
+_FAIL_SEND_TIMEOUT: Final = 1.0
+# Longest wait, in teardown, for readers and writers (already woken) to leave the socket
+# before its file descriptor is closed under them.
+_TEARDOWN_GRACE: Final = 2.0
+_POLLIN: Final = select.POLLIN
+_POLLOUT: Final = select.POLLOUT
+
+
+def _poll_ms(seconds: float | None) -> int | None:
+    """A wait in seconds as poll()'s milliseconds, rounded up (no busy loop)."""
+    if seconds is None:
+        return None
+    return max(0, math.ceil(seconds * 1000))
+
+
+def _remaining(deadline: float | None) -> float | None:
+    """Seconds left until ``deadline`` (None: no deadline), at least 0."""
+    if deadline is None:
+        return None
+    return max(0.0, deadline - time.monotonic())
+
+
+def _ssl_pending(sock: socket.socket) -> bool:
+    """Tell whether the TLS layer holds decrypted bytes that poll() cannot see."""
+    try:
+        return bool(sock.pending())  # type: ignore[attr-defined]
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+class SocketDriver:
+    """One open connection: its socket, driven by its :class:`ClientProtocol`.
+
+    Safe for one reader (``read``, ``read_available``, ``wait_readable``) plus any number
+    of writers (``write``, ``ping``, ``close``, ``abort``). Made by a dial, used until
+    torn down, never reused.
+
+    Args:
+        sock: the connected socket (TLS-wrapped for wss://), handshake done.
+        protocol: the connection's protocol.
+        leftover: bytes received after the handshake's answer, fed to the protocol first.
+    """
+
+    def __init__(
+        self, sock: socket.socket, protocol: ClientProtocol, leftover: bytes = b""
+    ) -> None:
+        sock.setblocking(False)
+        self._sock = sock
+        self._protocol = protocol
+        self._is_ssl = isinstance(sock, ssl.SSLSocket)
+        # The one thread reading (read, read_available, close awaiting the peer's close)
+        # holds it; other readers wait on it; teardown takes it (bounded) before closing
+        # the socket. Order: read, wait, send, state.
+        self._read_mutex = threading.Lock()
+        # Held by wait_readable around its poll, so teardown does not close the polled fds
+        # under it; teardown waits for it (bounded) after waking the poller.
+        self._wait_mutex = threading.Lock()
+        # The send turn: held by the one thread moving bytes out (a writer for its frame
+        # and the control frames queued, or anyone flushing control frames without
+        # waiting). Writers wait on it; the reader only tries it. A holder blocked on a
+        # full window lets go when teardown shuts the socket down.
+        self._send_mutex = threading.Lock()
+        # Guards the protocol's state and its queue of control frames, and _torn_down;
+        # held for a few statements, never during I/O.
+        self._state_mutex = threading.Lock()
+        # The rest of a frame partly written: finished first by the next send turn.
+        self._pending: memoryview | None = None
+        self._recv_buffer = bytearray(_RECV_SIZE)
+        self._recv_view = memoryview(self._recv_buffer)
+        self._torn_down = False
+        # Why the connection ended without a close frame, for its 1006.
+        self._drop_reason = "connection closed by the peer without a close frame"
+        self.last_received = time.monotonic()
+        #: ``time.monotonic()`` of the last pong received (0.0 before any), for RTT.
+        self.last_pong = 0.0
+        # Woken by wake_reader() and by teardown; drained by wait_readable; both closed by
+        # teardown.
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        # One poll object per waiting role: poll() must not run concurrently on one object.
+        self._read_poll = select.poll()
+        self._read_poll.register(sock, _POLLIN)
+        self._wait_poll = select.poll()
+        self._wait_poll.register(sock, _POLLIN)
+        self._wait_poll.register(self._wake_r, _POLLIN)
+        self._wait_events = _POLLIN
+        self._send_poll = select.poll()
+        if leftover:
+            protocol.receive_data(leftover)
+
+    # -- reading --------------------------------------------------------------------------
+
+    def read(self, timeout: float | None) -> Message | None:
+        """Return the next data message, or None when ``timeout`` passes first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._read_mutex.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
+            return None
+        try:
+            out: list[Message] = []
+            self._read_into(out, 1, deadline, True)
+            if self._protocol.has_frame():
+                # Frames left buffered: a wait_readable polling the socket would miss them.
+                self.wake_reader()
+            return out[0] if out else None
+        finally:
+            self._read_mutex.release()
+
+    def read_available(self, max_messages: int) -> list[Message]:
+        """Return up to ``max_messages`` messages without waiting for the network; the
+        pass makes at most a bounded number of socket reads, so it may return ``[]``."""
+        out: list[Message] = []
+        with self._read_mutex:
+            self._read_into(out, max_messages, None, False)
+        return out
+
+    def _read_into(
+        self, out: list[Message], limit: int, deadline: float | None, blocking: bool
+    ) -> None:
+        """Fill ``out`` with up to ``limit`` messages; the read mutex must be held.
+
+        Non-blocking: returns when no whole message is buffered and the socket has no
+        data, or after a bounded number of reads. Blocking: waits until ``deadline``.
+
+        Raises:
+            ConnectionClosedError: the connection is closed or closing and ``out`` is empty
+                (messages parsed before a close or an error go out first).
+        """
+        assert self._read_mutex.locked()
+        protocol = self._protocol
+        rounds = 0
+        remaining: float | None = None
+        while True:
+            if protocol.state is not State.OPEN or self._torn_down:
+                if out:
+                    return
+                raise self._closed()
+            self._parse(out, limit)
+            if out:
+                return
+            if protocol.state is not State.OPEN:
+                continue
+            rounds += 1
+            if blocking:
+                remaining = _remaining(deadline)
+                if remaining is not None and remaining <= 0:
+                    return
+            elif rounds > _MAX_ROUNDS_PER_PASS:
+                return
+            if protocol.has_frame():
+                continue  # the parse stopped at its control-frame budget
+            received = self._recv_once()
+            if received > 0:
+                continue
+            if received < 0:
+                self._lost()
+                continue
+            if not blocking:
+                return
+            if self._is_ssl and _ssl_pending(self._sock):
+                continue
+            self._read_poll.poll(_poll_ms(remaining))
+
+    def _parse(self, out: list[Message], limit: int) -> None:
+        """Parse what is buffered into ``out``; send what the protocol queued (pongs, a
+        close reply) if the send turn is free; tear down a failed connection."""
+        protocol = self._protocol
+        pongs = protocol.pongs_received
+        with self._state_mutex:
+            protocol.read_messages(out, limit)
+            queued = protocol.has_data_to_send()
+        if protocol.pongs_received != pongs:
+            self.last_pong = time.monotonic()
+        if protocol.failure is not None:
+            self._send_close_then_teardown()
+        elif queued:
+            self._kick()
+
+    def _recv_once(self) -> int:
+        """Read once from the socket without blocking; the read mutex must be held.
+
+        Returns:
+            The number of bytes given to the protocol, 0 if none were available, -1 when
+            the connection ended (EOF or a socket error, described in ``_drop_reason``).
+        """
+        if self._torn_down:
+            return -1
+        view = self._recv_view
+        try:
+            size = self._sock.recv_into(view)
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return 0
+        except (OSError, ValueError) as error:
+            # ECONNRESET, SSLEOFError, SSLZeroReturnError, EBADF after abort()...: all mean
+            # the connection is gone (1006).
+            self._drop_reason = f"connection lost ({type(error).__name__})"
+            return -1
+        if not size:
+            return -1
+        self.last_received = time.monotonic()
+        self._protocol.receive_data(bytes(view[:size]))
+        return size
+
+    def _lost(self) -> None:
+        """The TCP connection ended: tell the protocol and release the socket."""
+        with self._state_mutex:
+            self._protocol.receive_eof()
+        self._teardown(holding_read=True)
+
+    def wait_readable(self, timeout: float | None) -> bool:
+        """Block until data may be read, ``timeout`` passes or :meth:`wake_reader` runs.
+
+        While control frames wait to go out and nobody holds the send turn, it also waits
+        for the socket to take them, and sends them.
+
+        Returns:
+            True when a whole frame is buffered, the socket is readable, errored or hung
+            up, or the connection is closed (so ``read_available`` raises); False on
+            timeout or when woken by ``wake_reader``.
+        """
+        protocol = self._protocol
+        if self._torn_down or protocol.state is not State.OPEN or protocol.has_frame():
+            return True
+        if self._is_ssl and _ssl_pending(self._sock):
+            return True
+        wait_ms = _poll_ms(timeout)
+        if not self._wait_mutex.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
+            return False
+        try:
+            if self._torn_down:
+                return True
+            # Watch for room to send only while nobody holds the send turn: a holder sends
+            # what is queued when its turn ends.
+            sending = (
+                self._pending is not None or protocol.has_data_to_send()
+            ) and not self._send_mutex.locked()
+            events = _POLLIN | _POLLOUT if sending else _POLLIN
+            if events != self._wait_events:
+                self._wait_poll.modify(self._sock, events)
+                self._wait_events = events
+            ready = False
+            writable = False
+            wake_fd = self._wake_r.fileno()
+            for fd, event in self._wait_poll.poll(wait_ms):
+                if fd == wake_fd:
+                    self._drain_wake()
+                elif event & ~_POLLOUT:
+                    ready = True
+                else:
+                    writable = True
+            if writable:
+                self._kick()
+                # Not data: return so the caller looks again (with fresh events).
+                ready = True
+            return ready
+        finally:
+            self._wait_mutex.release()
+
+    def wake_reader(self) -> None:
+        """Make a :meth:`wait_readable` blocked in another thread return now."""
+        # BlockingIOError: a wake-up is pending already. Other errors: torn down.
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"\0")
+
+    def has_pending_data(self) -> bool:
+        """Tell whether bytes from the peer wait on the socket, not yet received (bytes of
+        a partial frame already buffered do not count: a peer that stops mid-frame is as
+        dead as a silent one)."""
+        if self._torn_down:
+            return False
+        sock = self._sock
+        if self._is_ssl and _ssl_pending(sock):
+            return True
+        poller = select.poll()
+        try:
+            poller.register(sock, _POLLIN)
+        except (OSError, ValueError):
+            return False
+        return bool(poller.poll(0))
+
+    def _drain_wake(self) -> None:
+        """Empty the wake-up socket; the wait mutex must be held."""
+        with contextlib.suppress(OSError):
+            while self._wake_r.recv(4096):
+                pass
+
+    # -- writing --------------------------------------------------------------------------
+
+    def write(self, data: str | bytes | bytearray | memoryview) -> None:
+        """Send one message: TEXT for ``str``, BINARY for bytes-like. Blocks until the
+        frame is handed to the kernel; teardown from another thread ends the wait."""
+        if isinstance(data, str):
+            build = self._protocol.send_text
+        elif isinstance(data, bytes | bytearray | memoryview):
+            build = self._protocol.send_binary  # type: ignore[assignment]
+        else:
+            raise TypeError(f"data must be str or bytes, not {type(data).__name__}")
+        self._send_mutex.acquire()
+        try:
+            if self._torn_down:
+                raise self._closed()
+            # Control frames queued before this message go first; the protocol refuses a
+            # data frame once a close frame was queued.
+            self._flush(None, blocking=True)
+            self._pending = memoryview(build(data))  # type: ignore[arg-type]
+            self._flush(None, blocking=True, control=False)
+            # Pongs queued meanwhile go now if the socket takes them at once; else the
+            # next send turn, or the reader's wait, sends them.
+            self._flush(None, blocking=False)
+        finally:
+            self._release_send_turn()
+
+    def ping(self, payload: bytes) -> None:
+        """Queue a ping and send it if the send turn is free; never waits for writers."""
+        with self._state_mutex:
+            if self._torn_down:
+                raise self._closed()
+            self._protocol.send_ping(payload)
+        self._kick()
+
+    def _kick(self) -> None:
+        """Send queued control frames now if the send turn is free, without waiting for
+        the socket; otherwise the turn's holder sends them when it ends its turn."""
+        if self._send_mutex.acquire(blocking=False):
+            try:
+                with contextlib.suppress(ConnectionClosedError):
+                    self._flush(None, blocking=False)
+            finally:
+                self._release_send_turn()
+
+    def _release_send_turn(self) -> None:
+        """End a send turn. Control frames queued while the turn was held, by a thread
+        that found it taken, must not be stranded: look once more after letting go."""
+        self._send_mutex.release()
+        # Whoever finds more to do sends what the socket takes without waiting; if it
+        # cannot take everything, the reader's wait_readable watches for room.
+        if (
+            (self._pending is not None or self._protocol.has_data_to_send())
+            and not self._torn_down
+            and self._send_mutex.acquire(blocking=False)
+        ):
+            try:
+                with contextlib.suppress(ConnectionClosedError):
+                    self._flush(None, blocking=False)
+            finally:
+                self._send_mutex.release()
+            self.wake_reader()
+
+    def _flush(self, deadline: float | None, *, blocking: bool, control: bool = True) -> bool:
+        """Write the frame in progress, then (``control``) the queued control frames; the
+        send turn must be held.
+
+        Returns:
+            True when everything went out; False when the socket would block and
+            ``blocking`` is False (the rest stays pending).
+
+        Raises:
+            ConnectionClosedError: the connection dropped or was torn down.
+            TimeoutError: ``deadline`` passed (the rest stays pending).
+        """
+        assert self._send_mutex.locked()
+        while True:
+            if self._pending is None:
+                if not control or not self._protocol.has_data_to_send():
+                    return True
+                with self._state_mutex:
+                    frames = self._protocol.data_to_send()
+                if not frames:
+                    return True
+                self._pending = memoryview(b"".join(frames))
+            if not self._send_pending(deadline, blocking):
+                return False
+
+    def _send_pending(self, deadline: float | None, blocking: bool) -> bool:
+        """Write ``_pending`` out; True once all of it went, False if it would block and
+        ``blocking`` is False."""
+        view = self._pending
+        assert view is not None
+        sock = self._sock
+        while True:
+            if self._torn_down:
+                raise self._closed()
+            try:
+                sent = sock.send(view)
+            except (BlockingIOError, ssl.SSLWantWriteError):
+                events = _POLLOUT
+            except ssl.SSLWantReadError:
+                events = _POLLIN
+            except (OSError, ValueError) as error:
+                self._write_failed(error)
+                raise self._closed() from None
+            else:
+                if sent >= len(view):
+                    self._pending = None
+                    return True
+                view = self._pending = view[sent:]
+                continue
+            if not blocking:
+                return False
+            wait = _WAIT_SLICE
+            remaining = _remaining(deadline)
+            if remaining is not None:
+                if remaining <= 0:
+                    raise TimeoutError("timed out writing a frame")
+                wait = min(wait, remaining)
+            try:
+                self._send_poll.register(sock, events)
+                self._send_poll.poll(_poll_ms(wait))
+            except (OSError, ValueError):
+                # The socket was closed under us: the next round raises.
+                if not self._torn_down:
+                    raise
+
+    def _write_failed(self, error: BaseException) -> None:
+        """A write hit a dead socket: note why and wake the reader, which cleans up."""
+        self._drop_reason = f"connection lost ({type(error).__name__})"
+        with self._state_mutex:
+            self._protocol.receive_eof()
+        self._shutdown_socket()
+        self.wake_reader()
+
+    # -- closing --------------------------------------------------------------------------
+
+    def close(self, code: int, reason: str, timeout: float | None) -> None:
+        """Send a close frame, wait for the peer's (or, if the peer closed first, for its
+        TCP FIN) until ``timeout``, then close the socket. Idempotent."""
+        if isinstance(code, bool) or not isinstance(code, int) or not is_sendable_close_code(code):
+            raise ConfigError(f"close code {code!r} may not be sent on the wire")
+        if self._torn_down:
+            return
+        deadline = None if timeout is None else time.monotonic() + timeout
+        protocol = self._protocol
+        with self._state_mutex:
+            peer_closed_first = protocol.close_rcvd is not None
+            protocol.send_close(code, reason)
+        # A reader blocked in wait_readable must come and see the connection closing.
+        self.wake_reader()
+        remaining = _remaining(deadline)
+        if self._send_mutex.acquire(timeout=-1 if remaining is None else remaining):
+            try:
+                with contextlib.suppress(ConnectionClosedError, TimeoutError):
+                    self._flush(deadline, blocking=True)
+            finally:
+                self._send_mutex.release()
+        remaining = _remaining(deadline)
+        if not self._read_mutex.acquire(timeout=-1 if remaining is None else remaining):
+            self._teardown()
+            return
+        try:
+            self._await_peer_close(deadline, peer_closed_first)
+        finally:
+            try:
+                self._teardown(holding_read=True)
+            finally:
+                self._read_mutex.release()
+
+    def _await_peer_close(self, deadline: float | None, peer_closed_first: bool) -> None:
+        """Discard data until the peer's close frame or ``deadline``; the read mutex must
+        be held. When the peer closed first, wait for its TCP FIN instead (RFC 6455
+        section 7.1.1 has the server close TCP first)."""
+        protocol = self._protocol
+        while not self._torn_down:
+            if protocol.close_rcvd is None:
+                pongs = protocol.pongs_received
+                with self._state_mutex:
+                    protocol.discard_messages()
+                if protocol.pongs_received != pongs:
+                    self.last_pong = time.monotonic()
+                if protocol.failure is not None:
+                    return
+                if protocol.close_rcvd is not None and not peer_closed_first:
+                    return  # our close was answered: the handshake is complete
+            received = self._recv_once()
+            if received < 0:
+                return
+            if received > 0:
+                continue
+            remaining = _remaining(deadline)
+            if remaining is not None and remaining <= 0:
+                return
+            if self._is_ssl and _ssl_pending(self._sock):
+                continue
+            self._read_poll.poll(_poll_ms(remaining))
+
+    def _send_close_then_teardown(self) -> None:
+        """The protocol failed the connection: send its close frame (best effort, briefly)
+        and drop TCP at once (RFC 6455 section 7.1.7); the read mutex is held."""
+        self.wake_reader()
+        if self._send_mutex.acquire(timeout=_FAIL_SEND_TIMEOUT):
+            try:
+                with contextlib.suppress(ConnectionClosedError, TimeoutError):
+                    self._flush(time.monotonic() + _FAIL_SEND_TIMEOUT, blocking=True)
+            finally:
+                self._send_mutex.release()
+        self._teardown(holding_read=True)
+
+    def abort(self) -> None:
+        """Drop TCP now, without a closing handshake. Idempotent; safe from any thread."""
+        if not self._torn_down:
+            self._drop_reason = "connection aborted"
+        self._teardown()
+
+    def _teardown(self, *, holding_read: bool = False) -> None:
+        """Shut the socket down, wake every thread waiting on it, then close it and the
+        wake-up pair once those threads left (or after a grace period). Idempotent."""
+        with self._state_mutex:
+            if self._torn_down:
+                return
+            self._torn_down = True
+            self._protocol.receive_eof()
+        self._shutdown_socket()
+        self.wake_reader()
+        got_read = holding_read or self._read_mutex.acquire(timeout=_TEARDOWN_GRACE)
+        got_wait = self._wait_mutex.acquire(timeout=_TEARDOWN_GRACE)
+        got_send = self._send_mutex.acquire(timeout=_TEARDOWN_GRACE)
+        try:
+            for resource in (self._sock, self._wake_r, self._wake_w):
+                resource.close()
+        finally:
+            if got_send:
+                self._send_mutex.release()
+            if got_wait:
+                self._wait_mutex.release()
+            if got_read and not holding_read:
+                self._read_mutex.release()
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: close this process's copies of the descriptors, writing
+        nothing (no close frame, no TLS record) and shutting nothing down (shutdown would
+        cut the parent's connection too)."""
+        self._torn_down = True
+        self._drop_reason = "connection inherited across fork()"
+        for resource in (self._sock, self._wake_r, self._wake_w):
+            # close() without shutdown(): for an SSLSocket it sends no close_notify either.
+            with contextlib.suppress(OSError):
+                resource.close()
+
+    def _shutdown_socket(self) -> None:
+        """Shut TCP down both ways: wakes every poll on the socket. Takes no lock."""
+        # socket.socket.shutdown, not SSLSocket.shutdown: the latter drops the SSL object,
+        # which a reader in another thread may be using right now.
+        with contextlib.suppress(OSError, ValueError):
+            socket.socket.shutdown(self._sock, socket.SHUT_RDWR)
+
+    def _closed(self) -> ConnectionClosedError:
+        """A fresh error saying why the connection is closed (one per raise: re-raising
+        one instance from several threads would tangle its traceback)."""
+        protocol = self._protocol
+        if protocol.failure or protocol.close_rcvd or protocol.close_sent:
+            return protocol.closed_error()
+        return ConnectionClosedError(1006, self._drop_reason)
+
+    @property
+    def torn_down(self) -> bool:
+        """True once the socket is shut down or closed."""
+        return self._torn_down
+
+
+@dataclass(frozen=True)
+class Handshake:
+    """What a dialer hands the driver after a successful opening handshake."""
+
+    #: The connected socket (TLS-wrapped for wss://).
+    sock: socket.socket
+    response: HandshakeResponse
+    #: Bytes received after the answer's header block (frames the server sent at once).
+    leftover: bytes = b""
+    #: The extension negotiated, if any.
+    extension: Extension | None = None
+
+
+class _NotConnected(SocketDriver):
+    """Stands in for a driver while no connection is open: every operation says so."""
+
+    def __init__(self) -> None:  # no socket, no state: nothing of the base to set up
+        self._torn_down = True
+        self.last_received = time.monotonic()
+        self.last_pong = 0.0
+
+    def _closed(self) -> ConnectionClosedError:
+        return ConnectionClosedError(1006, "not connected")
+
+    def read(self, timeout: float | None) -> Message | None:
+        raise self._closed()
+
+    def read_available(self, max_messages: int) -> list[Message]:
+        raise self._closed()
+
+    def write(self, data: str | bytes | bytearray | memoryview) -> None:
+        if not isinstance(data, str | bytes | bytearray | memoryview):
+            raise TypeError(f"data must be str or bytes, not {type(data).__name__}")
+        raise self._closed()
+
+    def ping(self, payload: bytes) -> None:
+        raise self._closed()
+
+    def wait_readable(self, timeout: float | None) -> bool:
+        return True
+
+    def wake_reader(self) -> None:
+        return None
+
+    def has_pending_data(self) -> bool:
+        return False
+
+    def close(self, code: int, reason: str, timeout: float | None) -> None:
+        if isinstance(code, bool) or not isinstance(code, int) or not is_sendable_close_code(code):
+            raise ConfigError(f"close code {code!r} may not be sent on the wire")
+
+    def abort(self) -> None:
+        return None
+
+    def forget_after_fork(self) -> None:
+        return None
+
+
+_NOT_CONNECTED: Final = _NotConnected()
+
+
+class DrivenAdapter(ConnectionAdapter):
+    """A :class:`ConnectionAdapter` whose connections are driven by a
+    :class:`SocketDriver`: a subclass only performs the opening handshake.
+
+    Safe for one reader plus any number of writers; reusable (``dial`` after
+    ``close``/``abort`` opens a fresh connection).
+
+    Args:
+        max_size: largest message accepted, in bytes (None: no limit).
+        redirect_limit: redirects followed in a row.
+    """
+
+    def __init__(self, max_size: int | None, redirect_limit: int) -> None:
+        self._max_size = max_size
+        self._redirect_limit = redirect_limit
+        # Guards _driver and _dial_guard between dial() and abort(); held for a few
+        # statements only.
+        self._dial_mutex = threading.Lock()
+        self._driver: SocketDriver = _NOT_CONNECTED
+        self._dial_guard: DialGuard | None = None
+
+    @abstractmethod
+    def _handshake(
+        self,
+        url: str,
+        timeout: float | None,
+        headers: Mapping[str, str],
+        cross_origin: bool,
+        guard: DialGuard,
+    ) -> Handshake:
+        """Open a TCP (and TLS) connection to ``url`` and perform one opening handshake.
+
+        Blocks the calling thread; ``timeout`` bounds each socket operation (None: no
+        limit). Every socket opened must be passed to ``guard.register`` at once, so that
+        ``abort()`` can cut the dial. When ``cross_origin`` is True (a redirect left the
+        first URL's origin), send no credential header nor cookie.
+
+        Raises:
+            Redirect: the server answered with a 3xx (``wsengine.adapters._dial``).
+            HandshakeError: an HTTP error status or a bad answer.
+            OSError: the TCP or TLS connection failed (``TimeoutError`` on timeout).
+        """
+
+    def dial(
+        self, url: str, timeout: float | None, headers: Mapping[str, str] | None = None
+    ) -> HandshakeResponse:
+        """Open a connection to ``url`` and complete the opening handshake.
+
+        A connection still open is aborted first. Blocks the calling thread; ``timeout``
+        bounds each socket operation of the handshake (None: no limit). ``abort()`` from
+        another thread cuts the dial, which then raises ``ConnectionError``.
+
+        Raises:
+            HandshakeError: HTTP error status (with ``status`` and ``retry_after``), bad
+                handshake answer, redirect refused, or connection dropped during the
+                handshake.
+            TimeoutError: the handshake timed out.
+            OSError: the TCP or TLS connection failed (``ssl.SSLError`` for TLS).
+        """
+        self.abort()
+        guard = DialGuard()
+        with self._dial_mutex:
+            self._dial_guard = guard
+        extra = dict(headers or {})
+        try:
+            handshake = follow_redirects(
+                url,
+                lambda target, cross: self._handshake(target, timeout, extra, cross, guard),
+                self._redirect_limit,
+            )
+        finally:
+            with self._dial_mutex:
+                if self._dial_guard is guard:
+                    self._dial_guard = None
+        with self._dial_mutex:
+            if not guard.aborted:
+                try:
+                    driver = SocketDriver(
+                        handshake.sock,
+                        ClientProtocol(self._max_size, handshake.extension),
+                        handshake.leftover,
+                    )
+                except BaseException:
+                    handshake.sock.close()
+                    raise
+                self._driver = driver
+                return handshake.response
+        # abort() came after the handshake: nobody wants this connection any more.
+        handshake.sock.close()
+        raise DialAborted("the dial was aborted")
+
+    def read(self, timeout: float | None = None) -> Message | None:
+        """Return the next data message, or None when ``timeout`` passes first.
+
+        Blocks the calling thread up to ``timeout`` (None: no limit). A partly received
+        frame stays buffered for the next call. Pings are answered on the way.
+
+        Raises:
+            ConnectionClosedError: the connection is closed (the peer's code and reason
+                when it sent a close frame, 1006 when it dropped).
+            ProtocolError: the peer broke RFC 6455; the connection was failed with its code.
+        """
+        return self._driver.read(timeout)
+
+    def write(self, data: str | bytes) -> None:
+        """Send one message: TEXT for ``str``, BINARY for bytes-like data. Thread-safe.
+
+        Blocks until the frame is handed to the kernel; ``abort()`` from another thread
+        ends the wait. Pongs and pings never wait behind it for long: they go out right
+        after it, and reading goes on meanwhile.
+
+        Raises:
+            ConnectionClosedError: the connection is closed, or closed while blocked.
+            TypeError: ``data`` is neither ``str`` nor bytes-like.
+        """
+        self._driver.write(data)
+
+    def ping(self, payload: bytes = b"") -> None:
+        """Send a ping frame; does not wait for the pong (see :attr:`last_pong`), nor for
+        a writer blocked on a full TCP window (the ping then follows its frame).
+
+        Raises:
+            ValueError: ``payload`` is longer than 125 bytes.
+            ConnectionClosedError: the connection is closed.
+        """
+        self._driver.ping(payload)
+
+    def close(self, code: int = 1000, reason: str = "", timeout: float | None = None) -> None:
+        """Close the connection: send a close frame, wait for the peer's, close the socket.
+
+        Blocks the calling thread up to ``timeout`` seconds in all (None: no limit) waiting
+        for the peer's close frame, discarding data meanwhile; if the peer closed first, it
+        waits instead for the peer to close TCP. Then it closes the socket anyway (a server
+        that keeps TCP open is cut off). Idempotent; safe while another thread is blocked in
+        ``read`` or ``write``, which then raise ``ConnectionClosedError``. A reason longer
+        than 123 bytes of UTF-8 is cut at a character boundary.
+
+        Raises:
+            ConfigError: ``code`` may not be sent on the wire.
+        """
+        self._driver.close(code, reason, timeout)
+
+    def abort(self) -> None:
+        """Drop the TCP connection now, without a closing handshake. Idempotent.
+
+        Safe from any thread: readers, writers and ``wait_readable`` blocked on the socket
+        are woken and leave (raising ``ConnectionClosedError`` or returning). A ``dial`` in
+        progress is cut, and a handshake that completes anyway is thrown away.
+        """
+        with self._dial_mutex:
+            guard = self._dial_guard
+            driver = self._driver
+        if guard is not None:
+            guard.abort()
+        driver.abort()
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: drop the inherited connection without writing to it."""
+        with self._dial_mutex:
+            driver, self._driver = self._driver, _NOT_CONNECTED
+            self._dial_guard = None
+        driver.forget_after_fork()
+
+    @property
+    def last_received(self) -> float:
+        """``time.monotonic()`` when bytes last arrived from the peer (any frame)."""
+        return self._driver.last_received
+
+    @property
+    def last_pong(self) -> float:
+        """``time.monotonic()`` of the last pong received (0.0 before any)."""
+        return self._driver.last_pong
+
+    def read_available(self, max_messages: int) -> list[Message]:
+        """Return up to ``max_messages`` messages without waiting for the network.
+
+        Parses what is buffered and reads the socket (non-blocking, a bounded number of
+        times) while no whole message is buffered; may return ``[]``.
+
+        Raises:
+            ConnectionClosedError: as :meth:`read`, once the messages parsed before the
+                close or the error were returned.
+        """
+        return self._driver.read_available(max_messages)
+
+    def wait_readable(self, timeout: float | None) -> bool:
+        """Block until data may be read, ``timeout`` passes or :meth:`wake_reader` runs
+        (see :meth:`SocketDriver.wait_readable`)."""
+        return self._driver.wait_readable(timeout)
+
+    def wake_reader(self) -> None:
+        """Make a :meth:`wait_readable` blocked in another thread return now."""
+        self._driver.wake_reader()
+
+    def has_pending_data(self) -> bool:
+        """Tell whether bytes from the peer wait on the socket, not yet received."""
+        return self._driver.has_pending_data()
