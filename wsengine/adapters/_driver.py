@@ -217,7 +217,21 @@ class SocketDriver:
                 return
             if self._is_ssl and _ssl_pending(self._sock):
                 continue
-            self._read_poll.poll(_poll_ms(remaining))
+            self._wait_socket(remaining)
+
+    def _wait_socket(self, timeout: float | None) -> None:
+        """Wait (read mutex held) until the socket is readable or ``timeout`` passes; while
+        control frames wait to go out and the send turn is free, wait for room too and
+        send them, so that a reader by hand answers pings even on a full window."""
+        events = _POLLIN
+        if (
+            self._pending is not None or self._protocol.has_data_to_send()
+        ) and not self._send_mutex.locked():
+            events |= _POLLOUT
+        self._read_poll.modify(self._sock, events)
+        ready = self._read_poll.poll(_poll_ms(timeout))
+        if events & _POLLOUT and any(event & _POLLOUT for _, event in ready):
+            self._kick()
 
     def _parse(self, out: list[Message], limit: int) -> None:
         """Parse what is buffered into ``out``; send what the protocol queued (pongs, a
@@ -538,7 +552,7 @@ class SocketDriver:
                 return
             if self._is_ssl and _ssl_pending(self._sock):
                 continue
-            self._read_poll.poll(_poll_ms(remaining))
+            self._wait_socket(remaining)
 
     def _send_close_then_teardown(self) -> None:
         """The protocol failed the connection: send its close frame (best effort, briefly)
