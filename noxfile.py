@@ -134,8 +134,7 @@ def _minimums(session: nox.Session) -> None:
     # The constraints force these already; checking costs nothing and shows them in the log.
     output = session.run(
         "python", "-c",
-        "import json, sys\n"
-        "from importlib.metadata import version\n"
+        "import json, sys; from importlib.metadata import version; "
         "print(json.dumps({name: version(name) for name in sys.argv[1:]}))",
         *floors, silent=True,
     )
