@@ -29,12 +29,16 @@ def python_snippets(text: str) -> list[str]:
 
 
 def test_readme_opens_with_the_example_and_test_commands() -> None:
-    """The first literal block holds the example command and the CI's test command."""
+    """The first literal block holds the example command and the CI's test command (CI
+    then runs the nox sessions)."""
     first_block = README.split("::\n\n", 1)[1].split("\n\n\n", 1)[0]
     commands = [line.strip() for line in first_block.splitlines() if line.strip()][:2]
     assert commands[0].endswith("python -m example")
-    ci_command = (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1]
-    assert commands[1].endswith(ci_command)
+    ci_lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    test_command = commands[1].rsplit("&&", 1)[1].strip()
+    assert test_command == "python -m pytest" and test_command in ci_lines
+    assert ci_lines.index('python -m pip install --quiet -e ".[test]"') < ci_lines.index(
+        test_command) < ci_lines.index("python -m nox")
     assert '".[test]"' in commands[1] and '".[example]"' in commands[0]
 
 

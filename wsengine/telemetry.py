@@ -14,7 +14,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from opentelemetry import trace
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation, get_meter
@@ -66,7 +66,9 @@ def mark_error(span: Span, error: BaseException) -> None:
         return
     name = type(error).__qualname__
     span.record_exception(
-        error,
+        # opentelemetry-api before 1.24 types this Exception; every release records any
+        # BaseException (KeyboardInterrupt from a callback included) the same way.
+        cast(Exception, error),
         attributes={
             "exception.message": scrub(str(error)),
             "exception.stacktrace": scrub("".join(traceback.format_exception(error))),
