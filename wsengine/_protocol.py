@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import abc
 import codecs
+import collections
 import enum
 import os
 import struct
@@ -72,6 +73,10 @@ _BINARY: Final = MessageType.BINARY
 _DATA_OPCODES: Final = frozenset({OP_CONT, OP_TEXT, OP_BINARY})
 _CONTROL_OPCODES: Final = frozenset({OP_CLOSE, OP_PING, OP_PONG})
 _MAX_CONTROL_PAYLOAD: Final = 125
+#: Pongs queued at most: a peer that pings faster than it reads gets answers to its latest
+#: pings only (RFC 6455 section 5.5.3 allows answering just the most recent one), so a
+#: ping flood cannot grow the queue.
+_MAX_PENDING_PONGS: Final = 16
 #: Control frames one ``read_messages`` call acts on at most, so that a flood of pings
 #: cannot keep one call (and the driver's reader) busy for long.
 _CONTROL_BUDGET: Final = 64
@@ -560,7 +565,7 @@ class ClientProtocol:
         "_control",
         "_extension",
         "_parser",
-        "_pong",
+        "_pongs",
         "close_rcvd",
         "close_sent",
         "failure",
@@ -583,9 +588,9 @@ class ClientProtocol:
         self.failure: ProtocolError | None = None
         #: Pongs received so far (the driver notes when this moves, for round trips).
         self.pongs_received = 0
-        # The pong for the latest ping not answered yet: a newer ping replaces it (RFC 6455
-        # section 5.5.3), so a ping flood queues one pong, not one per ping.
-        self._pong: bytes | None = None
+        # Pongs for the latest pings not answered yet, oldest first; past the bound the
+        # oldest is dropped, so a ping flood queues a few pongs, not one per ping.
+        self._pongs: collections.deque[bytes] = collections.deque(maxlen=_MAX_PENDING_PONGS)
         # Other control frames queued, in order: pings, then at most one close frame.
         self._control: list[bytes] = []
 
@@ -632,7 +637,7 @@ class ClientProtocol:
             opcode, payload = control
             if opcode == OP_PING:
                 if self.close_sent is None:
-                    self._pong = encode_frame(OP_PONG, payload)
+                    self._pongs.append(encode_frame(OP_PONG, payload))
             elif opcode == OP_PONG:
                 self.pongs_received += 1
             else:
@@ -732,21 +737,22 @@ class ClientProtocol:
         self.close_sent = sent
 
     def data_to_send(self) -> list[bytes]:
-        """Return the control frames queued (the pong first, the close frame last) and
+        """Return the control frames queued (pongs first, the close frame last) and
         forget them; the caller writes them in order, between data frames."""
-        frames = self._control
-        pong = self._pong
-        if pong is None and not frames:
+        pongs = self._pongs
+        if not pongs:
+            frames = self._control
+            if frames:
+                self._control = []
             return frames
+        frames = [*pongs, *self._control]
+        pongs.clear()
         self._control = []
-        self._pong = None
-        if pong is not None:
-            frames.insert(0, pong)
         return frames
 
     def has_data_to_send(self) -> bool:
         """Tell whether control frames are queued."""
-        return self._pong is not None or bool(self._control)
+        return bool(self._pongs) or bool(self._control)
 
     # -- state ----------------------------------------------------------------------------
 
