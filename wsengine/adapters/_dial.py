@@ -29,6 +29,7 @@ __all__ = [
     "DialGuard",
     "Redirect",
     "check_response",
+    "extensions_answer",
     "follow_redirects",
     "parse_retry_after",
     "refused",
@@ -146,17 +147,25 @@ def check_response(
         HandshakeError: the server named an extension that was not offered, or chose a
             subprotocol that was not requested.
     """
+    offered = {offer.lower() for offer in offered_extensions}
     for name, value in headers.items():
         lowered = name.lower()
         if lowered == "sec-websocket-extensions":
             names = {item.split(";")[0].strip().lower() for item in value.split(",")}
-            unoffered = sorted(names - {offer.lower() for offer in offered_extensions} - {""})
+            unoffered = sorted(names - offered - {""})
             if unoffered:
                 raise HandshakeError(
                     f"the server accepted an extension that was not offered ({unoffered[0]})"
                 )
         elif lowered == "sec-websocket-protocol" and value.strip() not in requested_subprotocols:
             raise HandshakeError("the server chose a subprotocol that was not requested")
+
+
+def extensions_answer(headers: Mapping[str, str]) -> str | None:
+    """The server's ``Sec-WebSocket-Extensions`` value(s), joined; None when absent."""
+    values = [value for name, value in headers.items()
+              if name.lower() == "sec-websocket-extensions" and value.strip()]
+    return ", ".join(values) if values else None
 
 
 class DialGuard:

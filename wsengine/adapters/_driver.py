@@ -37,8 +37,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
+from wsengine._deflate import EXTENSION_NAME, compression_offer, negotiate
 from wsengine._protocol import ClientProtocol, Extension, State
-from wsengine.adapters._dial import DialAborted, DialGuard, follow_redirects
+from wsengine.adapters._dial import (
+    DialAborted,
+    DialGuard,
+    check_response,
+    extensions_answer,
+    follow_redirects,
+)
 from wsengine.adapters.base import ConnectionAdapter
 from wsengine.errors import ConfigError, ConnectionClosedError
 from wsengine.types import HandshakeResponse, Message, is_sendable_close_code
@@ -696,14 +703,30 @@ class DrivenAdapter(ConnectionAdapter):
     Safe for one reader plus any number of writers; reusable (``dial`` after
     ``close``/``abort`` opens a fresh connection).
 
+    The base class owns what every dial shares: the ``Sec-WebSocket-Extensions`` offer
+    (added to the headers given to ``_handshake``), the negotiation of the answer, the
+    redirect policy, and cutting a dial on ``abort()``.
+
     Args:
-        max_size: largest message accepted, in bytes (None: no limit).
+        max_size: largest message accepted, in bytes (None: no limit); with compression,
+            the inflated size.
         redirect_limit: redirects followed in a row.
+        compression: ``"deflate"`` to offer permessage-deflate, None not to, or a mapping
+            of RFC 7692 parameters to offer.
+
+    Raises:
+        ConfigError: a bad ``compression``.
     """
 
-    def __init__(self, max_size: int | None, redirect_limit: int) -> None:
+    def __init__(
+        self,
+        max_size: int | None,
+        redirect_limit: int,
+        compression: object = "deflate",
+    ) -> None:
         self._max_size = max_size
         self._redirect_limit = redirect_limit
+        self._deflate_offer = compression_offer(compression)
         # Guards _driver and _dial_guard between dial() and abort(); held for a few
         # statements only.
         self._dial_mutex = threading.Lock()
@@ -753,6 +776,9 @@ class DrivenAdapter(ConnectionAdapter):
         with self._dial_mutex:
             self._dial_guard = guard
         extra = dict(headers or {})
+        offer = self._deflate_offer
+        if offer is not None:
+            extra["Sec-WebSocket-Extensions"] = offer.header_value()
         try:
             handshake = follow_redirects(
                 url,
@@ -763,12 +789,17 @@ class DrivenAdapter(ConnectionAdapter):
             with self._dial_mutex:
                 if self._dial_guard is guard:
                     self._dial_guard = None
+        try:
+            extension = self._negotiate(handshake)
+        except BaseException:
+            handshake.sock.close()
+            raise
         with self._dial_mutex:
             if not guard.aborted:
                 try:
                     driver = SocketDriver(
                         handshake.sock,
-                        ClientProtocol(self._max_size, handshake.extension),
+                        ClientProtocol(self._max_size, extension),
                         handshake.leftover,
                     )
                 except BaseException:
@@ -779,6 +810,26 @@ class DrivenAdapter(ConnectionAdapter):
         # abort() came after the handshake: nobody wants this connection any more.
         handshake.sock.close()
         raise DialAborted("the dial was aborted")
+
+    def _negotiate(self, handshake: Handshake) -> Extension | None:
+        """The extension the server's answer agreed to, checked against the offer.
+
+        Raises:
+            HandshakeError: the answer names an extension that was not offered, or
+                accepts permessage-deflate with parameters that were not offered.
+        """
+        if handshake.extension is not None:
+            return handshake.extension
+        offer = self._deflate_offer
+        answer = extensions_answer(handshake.response.headers)
+        if answer is not None:
+            check_response(
+                {"Sec-WebSocket-Extensions": answer},
+                offered_extensions=(EXTENSION_NAME,) if offer else (),
+            )
+        if answer is None or offer is None:
+            return None
+        return negotiate(answer, offer)
 
     def read(self, timeout: float | None = None) -> Message | None:
         """Return the next data message, or None when ``timeout`` passes first.

@@ -96,8 +96,13 @@ class WebsocketClientAdapter(DrivenAdapter):
 
     Args:
         max_size: largest message accepted, in bytes (None: no limit). A larger message
-            fails the connection with 1009, from its frame header, before the payload is
-            read.
+            fails the connection with 1009, from its frame header (or, compressed, while
+            it is inflated), before the payload is read.
+        compression: ``"deflate"`` (default) offers permessage-deflate (RFC 7692) and
+            inflates what the server compresses; None does not offer it; a mapping offers
+            those RFC 7692 parameters (``client_no_context_takeover``,
+            ``server_no_context_takeover``, ``client_max_window_bits``,
+            ``server_max_window_bits``).
         **options: passed to ``websocket.create_connection`` (``header``,
             ``subprotocols``, ``sslopt``, ``http_proxy_host``...). TLS certificates are
             verified unless ``sslopt`` says otherwise.
@@ -110,15 +115,23 @@ class WebsocketClientAdapter(DrivenAdapter):
     (``status`` the 3xx), fails ``dial`` with a :class:`~wsengine.errors.HandshakeError`.
 
     Raises:
-        ConfigError: ``max_size`` is not a positive int or None, or an option is one the
-            adapter sets itself (``timeout``, ``skip_utf8_validation``,
-            ``enable_multithread``).
+        ConfigError: ``max_size`` is not a positive int or None, a bad ``compression``,
+            or an option is one the adapter sets itself (``timeout``,
+            ``skip_utf8_validation``, ``enable_multithread``).
     """
 
-    def __init__(self, max_size: int | None = 2**20, **options: Any) -> None:
+    def __init__(
+        self,
+        max_size: int | None = 2**20,
+        *,
+        compression: str | Mapping[str, int | bool] | None = "deflate",
+        **options: Any,
+    ) -> None:
         check_adapter_arguments(max_size, options, _RESERVED_OPTIONS)
         options = dict(options)
-        super().__init__(max_size, options.pop("redirect_limit", REDIRECT_LIMIT))
+        super().__init__(
+            max_size, options.pop("redirect_limit", REDIRECT_LIMIT), compression
+        )
         self._options = options
         self._ws: websocket.WebSocket | None = None
 
@@ -184,7 +197,9 @@ class WebsocketClientAdapter(DrivenAdapter):
         headers_in = dict(ws.getheaders() or {})
         try:
             check_response(
-                headers_in, requested_subprotocols=self._options.get("subprotocols") or ()
+                {name: value for name, value in headers_in.items()
+                 if name.lower() != "sec-websocket-extensions"},
+                requested_subprotocols=self._options.get("subprotocols") or (),
             )
         except HandshakeError:
             sock.close()
