@@ -113,3 +113,35 @@ def test_ctrl_c_in_run_forever_stops_gracefully(echo_server: WsServer) -> None:
     assert process.returncode == 0, err
     assert "returned" in out
     wait_for(lambda: first_close_code(echo_server) == 1000, timeout=5)
+
+
+def test_engine_exit_hook_runs_before_the_stdlib_joins_executor_threads() -> None:
+    """The window between an executor thread's creation and its removal from the stdlib's
+    exit join is closed by a hook that runs before that join: a thread the stdlib joins at
+    exit sees the hook's flag already set."""
+    script = textwrap.dedent(
+        """
+        import time
+        import concurrent.futures.thread as futures_thread
+        from concurrent.futures import ThreadPoolExecutor
+        from wsengine import _dispatch
+
+        def observe():
+            # Runs until the stdlib's exit handler starts (it sets _shutdown, then joins us).
+            deadline = time.monotonic() + 10
+            while not futures_thread._shutdown and time.monotonic() < deadline:
+                time.sleep(0.001)
+            print("stdlib exit join began", futures_thread._shutdown, flush=True)
+            print("engine hook ran first", _dispatch._interpreter_exiting, flush=True)
+
+        print("hosted", _dispatch.HOSTED, flush=True)
+        ThreadPoolExecutor(1).submit(observe)
+        """
+    )
+    process = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=30,
+    )
+    assert process.returncode == 0, process.stderr
+    assert process.stdout.splitlines() == [
+        "hosted True", "stdlib exit join began True", "engine hook ran first True",
+    ]

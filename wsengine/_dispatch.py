@@ -239,16 +239,19 @@ class Dispatcher:
                     and all(thread.daemon for thread in threads)
                 )
             except Exception:
-                logger.debug("wsengine: starting hosted workers failed", exc_info=True)
+                logger.debug("starting workers on a ThreadPoolExecutor failed", exc_info=True)
             finally:
                 with self._arrived:  # a loop arriving later sees the gate set and leaves
                     self._hosting = hosted
                     self._gate.set()
+                if not hosted:
+                    # The loops return at the gate, so the threads end at once.
+                    executor.shutdown(wait=False, cancel_futures=True)
         if hosted:
             return True
-        logger.debug("wsengine: workers fall back to plain daemon threads")
-        executor.shutdown(wait=False, cancel_futures=True)
+        logger.debug("workers fall back to plain daemon threads")
         self.executor = None
+        self.futures = []
         with self._arrived:
             self.threads = []
         return False
