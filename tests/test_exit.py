@@ -17,14 +17,26 @@ ROOT = Path(__file__).resolve().parent.parent
 
 PRELUDE = """
 import sys, threading
+import concurrent.futures.thread as futures_thread
 from wsengine import EngineConfig, WebsocketClient, WebsocketEngine
+
+def worker_kind():
+    # "hosted": a daemon ThreadPoolExecutor thread left out of the stdlib's exit join.
+    thread = threading.current_thread()
+    frame = sys._getframe()
+    while frame is not None and not (
+        frame.f_code.co_name == "_worker" and frame.f_code.co_filename == futures_thread.__file__
+    ):
+        frame = frame.f_back
+    hosted = frame is not None and thread.daemon and thread not in futures_thread._threads_queues
+    return "hosted" if hosted else "plain"
 
 class Client(WebsocketClient):
     def on_open(self, session, response, restarting):
         session.send("hello")
 
     def on_message(self, session, message):
-        print("message", message.data, flush=True)
+        print("message", message.data, worker_kind(), flush=True)
         got.set()
         if STUCK:
             threading.Event().wait()  # never returns
@@ -56,8 +68,9 @@ def test_forgotten_stop_still_exits_and_closes_cleanly(echo_server: WsServer) ->
         """,
         echo_server.url,
     )
-    _out, err = process.communicate(timeout=20)
+    out, err = process.communicate(timeout=20)
     assert process.returncode == 0, err
+    assert "message hello hosted" in out
     wait_for(lambda: first_close_code(echo_server) == 1000, timeout=5)
 
 
@@ -76,7 +89,7 @@ def test_stuck_callback_does_not_block_interpreter_exit(echo_server: WsServer) -
     began = time.monotonic()
     out, err = process.communicate(timeout=30)
     assert process.returncode == 0, err
-    assert "message hello" in out
+    assert "message hello hosted" in out  # stuck on an executor thread, and still exits
     assert time.monotonic() - began < 15
     assert "on_message" in err  # the warning names the stuck callback
 
@@ -94,9 +107,41 @@ def test_ctrl_c_in_run_forever_stops_gracefully(echo_server: WsServer) -> None:
     )
     assert process.stdout is not None
     line = process.stdout.readline()
-    assert line.startswith("message hello")
+    assert line.startswith("message hello hosted"), line
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=20)
     assert process.returncode == 0, err
     assert "returned" in out
     wait_for(lambda: first_close_code(echo_server) == 1000, timeout=5)
+
+
+def test_engine_exit_hook_runs_before_the_stdlib_joins_executor_threads() -> None:
+    """The window between an executor thread's creation and its removal from the stdlib's
+    exit join is closed by a hook that runs before that join: a thread the stdlib joins at
+    exit sees the hook's flag already set."""
+    script = textwrap.dedent(
+        """
+        import time
+        import concurrent.futures.thread as futures_thread
+        from concurrent.futures import ThreadPoolExecutor
+        from wsengine import _dispatch
+
+        def observe():
+            # Runs until the stdlib's exit handler starts (it sets _shutdown, then joins us).
+            deadline = time.monotonic() + 10
+            while not futures_thread._shutdown and time.monotonic() < deadline:
+                time.sleep(0.001)
+            print("stdlib exit join began", futures_thread._shutdown, flush=True)
+            print("engine hook ran first", _dispatch._interpreter_exiting, flush=True)
+
+        print("hosted", _dispatch.HOSTED, flush=True)
+        ThreadPoolExecutor(1).submit(observe)
+        """
+    )
+    process = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=30,
+    )
+    assert process.returncode == 0, process.stderr
+    assert process.stdout.splitlines() == [
+        "hosted True", "stdlib exit join began True", "engine hook ran first True",
+    ]

@@ -7,8 +7,11 @@ Threads of one running engine (all daemon, all named ``wsengine-...``):
 - the supervisor (``wsengine-supervisor-N``): dials, runs ``on_open``/``on_close`` and
   ``on_restart_error``, keeps the connection alive (keepalive pings), closes sessions and
   reconnects. It ends when the engine stops for good.
-- the workers of the current session (``wsengine-worker-N-i``, see ``_dispatch``): read
-  and run ``on_message``. They end with their session.
+- the workers of the current session (``wsengine-worker-N_i``, see ``_dispatch``): the
+  threads of the session's ``ThreadPoolExecutor`` (``max_workers=workers``), each hosting
+  one leader/followers loop that reads and runs ``on_message``. Daemon and kept out of the
+  stdlib's exit join of executor threads (plain daemon threads where that cannot be
+  done). They end with their session, when ``_close_session`` shuts the executor down.
 
 ``stop()`` never takes the pause lock, and never waits for the thread that calls it.
 """
@@ -530,6 +533,7 @@ class WebsocketEngine:
         # reconnect (seen by the soak test: 4.5 KiB per reconnect).
         run.threads.difference_update([t for t in list(run.threads) if not t.is_alive()])
         early, session._early = session._early, []
+        # Returns once every worker thread runs, so that the bookkeeping below sees them all.
         dispatcher.start(early)
         run.threads.update(dispatcher.threads)
         session._worker_idents = frozenset(t.ident for t in dispatcher.threads if t.ident)
@@ -591,6 +595,7 @@ class WebsocketEngine:
         dispatcher = run.dispatcher
         if dispatcher is not None:
             dispatcher.drain()
+            # Shuts the session's executor down, then joins its threads within the budget.
             stuck = dispatcher.join(_until(run, deadline))
             if stuck:
                 logger.warning(
