@@ -28,6 +28,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeoutError
 from types import TracebackType
+from urllib.parse import urlsplit
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -154,6 +155,10 @@ class WebsocketEngine:
         config: default ``EngineConfig()``.
         tracer_provider: OpenTelemetry tracer provider; default the global one.
         meter_provider: OpenTelemetry meter provider; default the global one.
+        name: the value of the ``wsengine.engine.name`` attribute on every metric point,
+            so that engines sharing a meter provider report separate series; default the
+            URL without credentials, query or fragment (for a callable URL, its name).
+            Keep it stable and free of secrets: each value is a series of its own.
 
     Raises:
         ConfigError: a bad argument (the message names it; credentials are redacted).
@@ -168,6 +173,7 @@ class WebsocketEngine:
         config: EngineConfig | None = None,
         tracer_provider: trace.TracerProvider | None = None,
         meter_provider: MeterProvider | None = None,
+        name: str | None = None,
     ) -> None:
         if callable(url):
             self._url_source: UrlSource = url
@@ -195,10 +201,15 @@ class WebsocketEngine:
             raise ConfigError(
                 f"meter_provider must be a MeterProvider, got {type(meter_provider).__name__}"
             )
+        if name is None:
+            name = (self._display_url if callable(self._url_source)
+                    else _default_name(self._url_source))
+        elif not isinstance(name, str) or not name:
+            raise ConfigError(f"name must be a non-empty str or None, got {name!r}")
         self._client = client
         self._adapter = adapter
         self._config = config
-        self._telemetry = Telemetry(tracer_provider, meter_provider, self.queue_depth)
+        self._telemetry = Telemetry(tracer_provider, meter_provider, self.queue_depth, name)
         #: Hold it (``with engine.pause_lock:``) to stop the engine reading, e.g. to read
         #: ``session.conn`` by hand. The engine's reader holds it only around non-blocking
         #: reads; stop() never needs it.
@@ -475,7 +486,7 @@ class WebsocketEngine:
         session_ctx = trace.set_span_in_context(span)
         session.span = span
         session.otel_ctx = session_ctx
-        session.count_sent = self._telemetry.messages_sent.add
+        session.count_sent = self._telemetry.count_sent
         try:
             self._in_session(
                 session, "on_open", self._client.on_open, session, response, restarting
@@ -501,9 +512,9 @@ class WebsocketEngine:
             self._close_quietly(session, 1001, "start() timed out")
             session.span.end()
             return None
-        self._telemetry.open_connections.add(1)
+        self._telemetry.connection_opened(1)
         if restarting:
-            self._telemetry.reconnects.add(1)
+            self._telemetry.count_reconnect()
         if stopping:
             session.end(SessionEnd(EndKind.STOP))
         if not session.ended.is_set():
@@ -568,7 +579,7 @@ class WebsocketEngine:
                 session.conn, interval, timeout,
                 paused=self._paused,
                 reading=lambda: run.dispatcher is not None and run.dispatcher.waiting_for_data,
-                rtt=self._telemetry.keepalive_rtt.record,
+                rtt=self._telemetry.record_rtt,
             )
             if keepalive.watch(session.ended):
                 session.end(SessionEnd(EndKind.LOST, CloseMessage(1006, "keepalive timeout")))
@@ -625,7 +636,7 @@ class WebsocketEngine:
             if self._session is session:
                 self._session = None
             run.session = None
-        self._telemetry.open_connections.add(-1)
+        self._telemetry.connection_opened(-1)
         span = session.span
         if end.close is not None and span.is_recording():
             span.set_attribute("wsengine.close.code", end.close.code)
@@ -703,7 +714,7 @@ class WebsocketEngine:
         offer = session.offer
         telemetry = self._telemetry
         duration = telemetry.callback_duration
-        attributes = {"wsengine.callback": "on_message"}
+        attributes = telemetry.callback_attributes("on_message")
 
         if session.span.is_recording():
             start_span = telemetry.tracer.start_span
@@ -776,8 +787,7 @@ class WebsocketEngine:
 
     def _count_received(self, batch: list[Message]) -> None:
         """Count one read batch (called once per batch, not per message)."""
-        self._telemetry.messages_received.add(len(batch))
-        self._telemetry.bytes_received.add(sum(len(message.data) for message in batch))
+        self._telemetry.count_received(len(batch), sum(len(message.data) for message in batch))
 
     @staticmethod
     def _lost(session: Session, error: ConnectionClosedError) -> None:
@@ -851,6 +861,15 @@ class WebsocketEngine:
         run = self._run
         dispatcher = run.dispatcher if run is not None else None
         return dispatcher.depth if dispatcher is not None else 0
+
+
+def _default_name(url: str) -> str:
+    """The engine's default metric name: scheme, host, port and path, nothing else (no
+    credentials, no query: its values may be secret, or change per dial)."""
+    scheme, host, port = url_target(url)
+    path = urlsplit(url).path or "/"
+    shown = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{shown}:{port}{path}"
 
 
 def _until(run: _Run, deadline: float | None) -> float | None:
