@@ -320,3 +320,30 @@ def test_engine_send_raises_engine_state_error_once_the_connection_is_gone(kind:
         assert isinstance(raised.__cause__, ConnectionClosedError)
         client.wait_count("open", 2)
         stop_and_check(engine)
+
+
+@pytest.mark.parametrize("kind", list(ADAPTERS))
+def test_a_closed_sessions_conn_cannot_reach_the_next_connection(kind: str) -> None:
+    """session.conn kept past its session (here across a restart) refuses to write or
+    read, and its close() and abort() leave the next connection alone."""
+    client = Recorder()
+    with run_ws_server(echo_handler) as server:
+        engine = WebsocketEngine(server.url, client, adapter=ADAPTERS[kind](), config=fast())
+        engine.start()
+        wait_open(engine, client, 1)
+        old = engine.session
+        assert old is not None
+        old.restart()
+        wait_open(engine, client, 2)
+        assert engine.session is not old
+        with pytest.raises(ConnectionClosedError):
+            old.conn.write("stale")
+        with engine.pause_lock, pytest.raises(ConnectionClosedError):
+            old.conn.read(timeout=0.1)
+        old.conn.close()
+        old.conn.abort()
+        engine.send("fresh")
+        client.wait_count("message", 1)
+        assert [m.data for m in client.messages] == ["fresh"]
+        assert engine.state is EngineState.OPEN and client.count("close") == 1
+        stop_and_check(engine)

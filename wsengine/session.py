@@ -59,14 +59,16 @@ class AdapterLease:
     def __init__(self, parent: AdapterLease | None = None) -> None:
         self._parent = parent
         self._root: AdapterLease = self if parent is None else parent._root
-        # Guards _revoked of the whole tree and the root's _busy; held for a few statements
-        # by every call through a view (on entry and exit) and by revoke(); wait_idle()
-        # waits on it for _busy to reach 0.
-        self._cond: threading.Condition = (
-            threading.Condition() if parent is None else parent._cond
+        # Guards _revoked of the whole tree and the root's _busy and _idle_waiters; held
+        # for a few statements by every call through a view (on entry and exit) and by
+        # revoke(); wait_idle() waits on _idle (built on it) for _busy to reach 0.
+        self._lock: threading.Lock = threading.Lock() if parent is None else parent._lock
+        self._idle: threading.Condition = (
+            threading.Condition(self._lock) if parent is None else parent._idle
         )
         self._revoked = False
         self._busy = 0  # calls inside the adapter, counted on the root only
+        self._idle_waiters = 0  # threads in wait_idle(), on the root only
 
     def child(self) -> AdapterLease:
         """A lease revoked with this one, or on its own."""
@@ -84,30 +86,35 @@ class AdapterLease:
 
     def enter(self) -> bool:
         """Count one call into the adapter; False (nothing counted) if revoked."""
-        with self._cond:
-            if self.revoked:
+        with self._lock:
+            if self._revoked or self.revoked:
                 return False
             self._root._busy += 1
             return True
 
     def leave(self) -> None:
         """End a call counted by :meth:`enter`."""
-        with self._cond:
+        with self._lock:
             root = self._root
             root._busy -= 1
-            if root._busy == 0:
-                self._cond.notify_all()
+            if root._busy == 0 and root._idle_waiters:
+                self._idle.notify_all()
 
     def revoke(self) -> None:
         """Refuse every later call through this lease and its children. Idempotent; does
         not block."""
-        with self._cond:
+        with self._lock:
             self._revoked = True
 
     def wait_idle(self, timeout: float | None) -> bool:
         """Block until no call of the whole run is inside the adapter; False on timeout."""
-        with self._cond:
-            return self._cond.wait_for(lambda: self._root._busy == 0, timeout)
+        root = self._root
+        with self._lock:
+            root._idle_waiters += 1
+            try:
+                return self._idle.wait_for(lambda: root._busy == 0, timeout)
+            finally:
+                root._idle_waiters -= 1
 
 
 class LeasedConnection(ConnectionAdapter):
