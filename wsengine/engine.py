@@ -917,8 +917,8 @@ class WebsocketEngine:
         logger.warning("%s raised %s: stopping the engine", name, type(error).__name__)
         run.interrupt = error
         # Stops this run only: a callback of an old run must not stop a newer one.
-        threading.Thread(target=self._stop_run, args=(run, None), name="wsengine-stopper",
-                         daemon=True).start()
+        threading.Thread(target=self._stop_run, args=(run, self._config.stop_timeout),
+                         name="wsengine-stopper", daemon=True).start()
 
     # -- helpers --------------------------------------------------------------------------
 
