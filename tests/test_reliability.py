@@ -43,6 +43,9 @@ Rows whose exact test lives elsewhere (not repeated here):
 - C19: ``test_exit.py::test_ctrl_c_in_run_forever_stops_gracefully``
 - C20: ``test_engine.py::test_wait_rules``
 - C21 (exit): ``test_exit.py::test_forgotten_stop_still_exits_and_closes_cleanly``
+- E7: ``test_telemetry.py::test_dropped_engines_are_collected``
+- E8: ``test_reliability_engine.py::test_e8_a_stale_on_close_cannot_touch_the_restarted_engine``
+  (the engine-side rough edges of issue 16 are in the same file)
 """
 
 from __future__ import annotations

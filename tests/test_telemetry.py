@@ -4,8 +4,10 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +25,7 @@ from websockets.sync.server import ServerConnection
 
 from tests.support.servers import WsServer, echo_handler, run_ws_server, wait_for
 from wsengine import (
+    ConfigError,
     EngineConfig,
     EngineStartError,
     HandshakeResponse,
@@ -32,6 +35,7 @@ from wsengine import (
     WebsocketEngine,
 )
 from wsengine.adapters.websocket_client import WebsocketClientAdapter
+from wsengine.adapters.websockets_sync import WebsocketsAdapter
 
 CONFIG = EngineConfig(
     workers=2, reconnect_delay_initial=0.01, reconnect_delay_max=0.02, ping_interval=None
@@ -393,3 +397,58 @@ def test_span_count_equals_message_count_over_100000_messages(otel: Telemetry) -
     assert len(otel.spans("wsengine.receive")) == total
     assert len(otel.spans("wsengine.callback.on_message")) == total
     assert len(otel.spans("wsengine.session")) == 1
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("provider", ["global", "sdk"])
+def test_dropped_engines_are_collected(echo_server: WsServer, otel: Telemetry,
+                                       provider: str) -> None:
+    """Defect 7 (issue 16): 1,000 engines created and dropped, some started and stopped on
+    each adapter, are all freed by gc: no meter keeps an engine alive."""
+    meter_provider = otel.meter_provider if provider == "sdk" else None
+    refs: list[weakref.ReferenceType[WebsocketEngine]] = []
+    for number in range(1000):
+        adapter = WebsocketsAdapter() if number % 2 else WebsocketClientAdapter()
+        engine = WebsocketEngine(echo_server.url, WebsocketClient(), adapter=adapter,
+                                 config=CONFIG, meter_provider=meter_provider)
+        if number % 100 == 0:
+            engine.start()
+            engine.send("x")
+            engine.stop()
+        refs.append(weakref.ref(engine))
+        del engine, adapter
+    otel.reader.get_metrics_data()  # a collection runs the gauge's callback
+    gc.collect()
+    alive = sum(1 for ref in refs if ref() is not None)
+    assert alive == 0, f"{alive} of 1000 dropped engines are still alive"
+
+
+def test_engines_sharing_a_provider_report_separate_series(echo_server: WsServer,
+                                                           otel: Telemetry) -> None:
+    """Each metric point names its engine (``name=``, else the URL without credentials or
+    query), so two engines on one provider do not merge into one series."""
+    url = echo_server.url.replace("ws://", "ws://user:pw-secret@") + "?token=" + SECRET_TOKEN
+    named = WebsocketEngine(echo_server.url, WebsocketClient(), config=CONFIG,
+                            meter_provider=otel.meter_provider, name="feed-a")
+    unnamed = WebsocketEngine(url, WebsocketClient(), config=CONFIG,
+                              meter_provider=otel.meter_provider)
+    with named, unnamed:
+        named.send("a")
+        named.send("b")
+        unnamed.send("c")
+    default_name = f"ws://127.0.0.1:{echo_server.port}/"
+
+    def by_engine(name: str) -> dict[str, float]:
+        return {dict(p.attributes)["wsengine.engine.name"]: p.value for p in otel.metric(name)}
+
+    assert by_engine("wsengine.messages.sent") == {"feed-a": 2, default_name: 1}
+    assert by_engine("wsengine.connections.open") == {"feed-a": 0, default_name: 0}
+    depth_names = {dict(p.attributes)["wsengine.engine.name"]
+                   for p in otel.metric("wsengine.queue.depth")}
+    assert depth_names == {"feed-a", default_name}
+    for name in ("wsengine.callback.duration", "wsengine.messages.received",
+                 "wsengine.bytes.received"):
+        points = otel.metric(name)
+        assert points and all("wsengine.engine.name" in dict(p.attributes) for p in points)
+    with pytest.raises(ConfigError, match="name"):
+        WebsocketEngine(echo_server.url, WebsocketClient(), name="")

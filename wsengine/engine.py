@@ -31,6 +31,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeoutError
 from types import TracebackType
+from urllib.parse import urlsplit
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -52,7 +53,7 @@ from wsengine.errors import (
     EngineStateError,
     HandshakeError,
 )
-from wsengine.session import EndKind, Session, SessionEnd
+from wsengine.session import AdapterLease, EndKind, LeasedConnection, Session, SessionEnd
 from wsengine.telemetry import (
     SPAN_CALLBACK_PREFIX,
     SPAN_CLOSE,
@@ -85,8 +86,9 @@ UrlSource = str | Callable[[], str]
 #: Seconds between wake-ups of ``run_forever()``'s wait, so Ctrl-C is acted on promptly.
 SIGNAL_CHECK_INTERVAL = 0.25
 
-#: Seconds ``stop()`` waits for threads after aborting the socket, before it gives up on
-#: them (a callback that never returns) and reports them.
+#: Seconds at most, of ``stop()``'s timeout, kept for threads to end after the socket is
+#: aborted (``min(ABORT_GRACE, timeout / 4)``); also how long ``start()`` waits for a call
+#: of the previous run to leave the adapter.
 ABORT_GRACE = 1.0
 
 #: Close codes that end a session span without an error status.
@@ -120,8 +122,14 @@ atexit.register(_stop_running_engines)
 class _Run:
     """One cycle from ``start()`` to stopped for good."""
 
-    def __init__(self) -> None:
+    def __init__(self, adapter: ConnectionAdapter) -> None:
         self.number = next(_run_numbers)
+        # Every adapter call of this run goes through ``conn`` (or a session's child view):
+        # the next start() revokes ``lease``, after which a thread of this run left behind
+        # (an on_close that stop() gave up on) can no longer reach the shared adapter.
+        self.lease = AdapterLease()
+        self.conn = LeasedConnection(adapter, self.lease)
+        self.dialing = False  # a dial is under way (guarded by the engine's state lock)
         # Set by stop(), exit(), a fatal refusal or giving up; every wait of the supervisor
         # ends on it. Never cleared: the next start() makes a new _Run.
         self.stop_requested = threading.Event()
@@ -157,6 +165,10 @@ class WebsocketEngine:
         config: default ``EngineConfig()``.
         tracer_provider: OpenTelemetry tracer provider; default the global one.
         meter_provider: OpenTelemetry meter provider; default the global one.
+        name: the value of the ``wsengine.engine.name`` attribute on every metric point,
+            so that engines sharing a meter provider report separate series; default the
+            URL without credentials, query or fragment (for a callable URL, its name).
+            Keep it stable and free of secrets: each value is a series of its own.
 
     Raises:
         ConfigError: a bad argument (the message names it; credentials are redacted).
@@ -171,6 +183,7 @@ class WebsocketEngine:
         config: EngineConfig | None = None,
         tracer_provider: trace.TracerProvider | None = None,
         meter_provider: MeterProvider | None = None,
+        name: str | None = None,
     ) -> None:
         if callable(url):
             self._url_source: UrlSource = url
@@ -198,10 +211,15 @@ class WebsocketEngine:
             raise ConfigError(
                 f"meter_provider must be a MeterProvider, got {type(meter_provider).__name__}"
             )
+        if name is None:
+            name = (self._display_url if callable(self._url_source)
+                    else _default_name(self._url_source))
+        elif not isinstance(name, str) or not name:
+            raise ConfigError(f"name must be a non-empty str or None, got {name!r}")
         self._client = client
         self._adapter = adapter
         self._config = config
-        self._telemetry = Telemetry(tracer_provider, meter_provider, self.queue_depth)
+        self._telemetry = Telemetry(tracer_provider, meter_provider, self.queue_depth, name)
         #: Hold it (``with engine.pause_lock:``) to stop the engine reading, e.g. to read
         #: ``session.conn`` by hand. The engine's reader holds it only around non-blocking
         #: reads; stop() never needs it.
@@ -257,7 +275,7 @@ class WebsocketEngine:
             EngineStateError: the engine is already running.
         """
         limit = _check_timeout("start() timeout", timeout, self._config.open_timeout)
-        run = _Run()
+        run = _Run(self._adapter)
         with self._state_lock:
             if self._state in _RUNNING_STATES:
                 raise EngineStateError(f"start() on a running engine ({self._state.name})")
@@ -265,12 +283,11 @@ class WebsocketEngine:
             self._run = run
             self._state = EngineState.CONNECTING
             self._session = None
-        if previous is not None:
-            # A stop that gave up on a stuck thread may leave it; it must not share the
-            # adapter with the new connection.
-            for thread in list(previous.threads):
-                if thread.is_alive() and thread is not threading.current_thread():
-                    thread.join(ABORT_GRACE)
+        if previous is not None and not self._fence(previous):
+            self._finish_run(run)
+            raise EngineStartError(
+                "start() found a call of the previous run still inside the adapter"
+            ) from TimeoutError(f"it outlasted an abort by {ABORT_GRACE} s")
         opened: Future[Session] = Future()
         with self._telemetry.operation(SPAN_START, self._target_attributes()):
             supervisor = threading.Thread(
@@ -304,45 +321,84 @@ class WebsocketEngine:
                     f"{type(error).__name__}: {scrub(str(error))}"
                 ) from error
 
+    def _fence(self, previous: _Run) -> bool:
+        """Cut the previous run off the adapter before a new run uses it; False if one of
+        its calls is still inside the adapter after an abort.
+
+        Threads of that run may outlive it (a callback that ``stop()`` gave up on); they
+        are not waited for: once the lease is revoked and its calls in flight have left,
+        none of them can close, read or write what the new run opens (issue 16, defect 8).
+        """
+        previous.lease.revoke()
+        if previous.lease.wait_idle(ABORT_GRACE):
+            return True
+        # A call still inside (a read the stop did not cut): nothing new uses the adapter
+        # yet, so aborting hurts no one.
+        self._adapter.abort()
+        return previous.lease.wait_idle(ABORT_GRACE)
+
     def _abandon(self, run: _Run) -> None:
         """Give up on a start that timed out; the supervisor closes what it opens late."""
         run.stop_requested.set()
-        self._adapter.abort()
+        run.conn.abort()
         self._finish_run(run)
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop for good: read no more frames, deliver those already read, run
         ``on_close``, send the close frame, end the threads.
 
-        Blocks up to ``timeout`` seconds (default ``stop_timeout``; None: no limit), then
-        aborts the socket and reports callbacks that did not return. Idempotent; a no-op
-        before ``start()``; safe from any thread, from a callback (it then returns at once
-        without waiting for itself), and while another thread holds the pause lock (it
-        never takes it).
+        Blocks the caller up to ``timeout`` seconds (default ``stop_timeout``; None: no
+        limit) and returns within it, give or take the few milliseconds its last steps
+        take: the last ``min(ABORT_GRACE, timeout / 4)`` seconds of it are kept for the
+        end, so the socket is aborted that long before the timeout (unblocking any I/O)
+        and callbacks that did not return by the timeout are named in a warning and left
+        behind. A dial under way is aborted at once (there is nothing to close
+        gracefully yet). Idempotent; a no-op before ``start()``; safe from any thread, from
+        a callback (it then returns at once without waiting for itself), and while another
+        thread holds the pause lock (it never takes it).
         """
         limit = _check_timeout("stop() timeout", timeout, self._config.stop_timeout)
+        self._stop_run(None, limit)
+
+    def _stop_run(self, only: _Run | None, limit: float | None) -> None:
+        """``stop()`` of the current run, or of ``only`` if it is still the current run."""
+        started = time.monotonic()
+        # The graceful part: the supervisor's close handshake gives up at its end, and so
+        # does the wait below before it aborts the socket.
+        graceful = math.inf if limit is None else limit - min(ABORT_GRACE, limit / 4)
         with self._state_lock:
             run = self._run
-            if run is None or run.stopped.is_set():
+            if run is None or run.stopped.is_set() or (only is not None and run is not only):
                 return
             run.stop_requested.set()
             if run.stop_deadline is None:
-                run.stop_deadline = time.monotonic() + (math.inf if limit is None else limit)
+                run.stop_deadline = started + graceful
             session = run.session
+            dialing = run.dialing
             if self._state in _RUNNING_STATES:
                 self._state = EngineState.CLOSING
         with self._telemetry.operation(SPAN_STOP, self._target_attributes()):
+            if dialing:
+                # No session to close gracefully: cut the dial (or handshake) now rather
+                # than wait for it to give up.
+                run.conn.abort()
             if session is not None:
                 session.end(SessionEnd(EndKind.STOP))
             if threading.current_thread() in run.threads:
                 return
-            if run.stopped.wait(limit):
-                self._join_supervisor(run)
+            if limit is None:
+                run.stopped.wait()
+                self._join_supervisor(run, None)
                 return
-            # Past the deadline: drop the connection so that blocked I/O returns.
-            self._adapter.abort()
-            if run.stopped.wait(ABORT_GRACE):
-                self._join_supervisor(run)
+            end = started + limit
+            abort_at = min(started + graceful, run.stop_deadline)
+            if run.stopped.wait(max(0.0, abort_at - time.monotonic())):
+                self._join_supervisor(run, end - time.monotonic())
+                return
+            # Past the graceful part: drop the connection so that blocked I/O returns.
+            run.conn.abort()
+            if run.stopped.wait(max(0.0, end - time.monotonic())):
+                self._join_supervisor(run, end - time.monotonic())
                 return
             stuck = [t for t in list(run.threads) if t.is_alive()]
             logger.warning(
@@ -353,10 +409,12 @@ class WebsocketEngine:
             self._finish_run(run)
 
     @staticmethod
-    def _join_supervisor(run: _Run) -> None:
+    def _join_supervisor(run: _Run, timeout: float | None) -> None:
+        """Wait for the supervisor to leave (it has set ``stopped``: a few statements)."""
+        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
         for thread in list(run.threads):
             if thread.name.startswith("wsengine-supervisor") and thread.is_alive():
-                thread.join(ABORT_GRACE)
+                thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the engine has stopped for good; True if it has.
@@ -394,17 +452,29 @@ class WebsocketEngine:
             raise run.interrupt
 
     def send(self, data: str | bytes) -> None:
-        """Send on the current session: TEXT for ``str``, BINARY for ``bytes``.
+        """Send on the current session: TEXT for ``str``, BINARY for ``bytes``. Thread-safe;
+        blocks until the data is handed to the kernel.
+
+        Whatever the moment in a reconnect, a send that finds no open session raises the
+        same error: ``EngineStateError`` (never ``ConnectionClosedError``), so callers
+        handle one exception.
 
         Raises:
-            EngineStateError: no open session (also while ``on_open`` runs).
-            ConnectionClosedError: the connection closed meanwhile.
+            EngineStateError: no open session: ``CONNECTING`` (also while ``on_open``
+                runs), ``RECONNECTING``, ``CLOSING``, ``STOPPED``, or the session closed
+                during the call (the ``ConnectionClosedError`` is chained as
+                ``__cause__``).
             TypeError: ``data`` is neither str nor bytes.
         """
         session = self._session
         if session is None or self._state is not EngineState.OPEN:
             raise EngineStateError(f"send() with no open session ({self._state.name})")
-        session.send(data)
+        try:
+            session.send(data)
+        except ConnectionClosedError as error:
+            raise EngineStateError(
+                f"send() with no open session: the connection closed ({error.code})"
+            ) from error
 
     def __enter__(self) -> WebsocketEngine:
         self.start()
@@ -462,15 +532,23 @@ class WebsocketEngine:
         url = self._resolve_url()
         started = time.monotonic()
         attributes = self._target_attributes(url)
-        with self._telemetry.operation(SPAN_DIAL, attributes):
-            response = self._adapter.dial(url, self._config.open_timeout)
+        with self._state_lock:
+            run.dialing = not run.stop_requested.is_set()
+        if not run.dialing:
+            return None
+        try:
+            with self._telemetry.operation(SPAN_DIAL, attributes):
+                response = run.conn.dial(url, self._config.open_timeout)
+        finally:
+            with self._state_lock:
+                run.dialing = False
         if run.abandoned or run.stop_requested.is_set():
             # start() gave up, or stop() came during the dial: nobody wants this connection.
-            self._adapter.abort()
+            run.conn.abort()
             return None
         session = Session(
-            secrets.token_hex(8), self._adapter, self.pause_lock,
-            lambda ended, how: self._session_ended(run, ended, how),
+            secrets.token_hex(8), LeasedConnection(self._adapter, run.lease.child()),
+            self.pause_lock, lambda ended, how: self._session_ended(run, ended, how),
         )
         span = self._telemetry.tracer.start_span(
             SPAN_SESSION, attributes={**attributes, "wsengine.session.id": session.id}
@@ -478,10 +556,10 @@ class WebsocketEngine:
         session_ctx = trace.set_span_in_context(span)
         session.span = span
         session.otel_ctx = session_ctx
-        session.count_sent = self._telemetry.messages_sent.add
+        session.count_sent = self._telemetry.count_sent
         try:
             self._in_session(
-                session, "on_open", self._client.on_open, session, response, restarting
+                run, session, "on_open", self._client.on_open, session, response, restarting
             )
             limit = self._config.open_timeout
             if restarting and limit is not None and time.monotonic() - started > limit:
@@ -490,7 +568,8 @@ class WebsocketEngine:
             self._fail_open(session, error)
             raise
         with self._state_lock:
-            if run.abandoned:
+            if run.abandoned or self._run is not run:
+                # start() gave up on us, or a newer run owns the engine.
                 publish = False
             else:
                 publish = True
@@ -500,13 +579,14 @@ class WebsocketEngine:
                     self._state = EngineState.OPEN
             stopping = run.stop_requested.is_set()
         if not publish:
-            # start() gave up on us: close what we opened; nobody is told it is open.
+            # Nobody is told it is open: close it (a no-op if the lease was revoked).
             self._close_quietly(session, 1001, "start() timed out")
+            _release(session)
             session.span.end()
             return None
-        self._telemetry.open_connections.add(1)
+        self._telemetry.connection_opened(1)
         if restarting:
-            self._telemetry.reconnects.add(1)
+            self._telemetry.count_reconnect()
         if stopping:
             session.end(SessionEnd(EndKind.STOP))
         if not session.ended.is_set():
@@ -544,6 +624,7 @@ class WebsocketEngine:
         session.end(SessionEnd(EndKind.LOST, CloseMessage(1011, "on_open failed")))
         session.mark_closed()
         self._close_quietly(session, 1011, "on_open failed")
+        _release(session)
         mark_error(session.span, error)
         session.span.end()
 
@@ -572,7 +653,7 @@ class WebsocketEngine:
                 session.conn, interval, timeout,
                 paused=self._paused,
                 reading=lambda: run.dispatcher is not None and run.dispatcher.waiting_for_data,
-                rtt=self._telemetry.keepalive_rtt.record,
+                rtt=self._telemetry.record_rtt,
             )
             if keepalive.watch(session.ended):
                 session.end(SessionEnd(EndKind.LOST, CloseMessage(1006, "keepalive timeout")))
@@ -586,7 +667,7 @@ class WebsocketEngine:
 
     def _close_session(self, run: _Run, session: Session, end: SessionEnd) -> None:
         """Deliver what was read, run ``on_close``, close the connection, end the span."""
-        stopping = end.kind in (EndKind.STOP, EndKind.EXIT) or run.stop_requested.is_set()
+        stopping = not self._reconnects_after(run, end)
         with self._state_lock:
             if self._run is run and self._state in _RUNNING_STATES:
                 self._state = EngineState.CLOSING if stopping else EngineState.RECONNECTING
@@ -595,17 +676,21 @@ class WebsocketEngine:
         dispatcher = run.dispatcher
         if dispatcher is not None:
             dispatcher.drain()
+            waited = _until(run, deadline)
             # Shuts the session's executor down, then joins its threads within the budget.
-            stuck = dispatcher.join(_until(run, deadline))
+            stuck = dispatcher.join(waited)
             if stuck:
                 logger.warning(
                     "workers still busy after %s s: %s; they are left behind",
-                    budget, ", ".join(stuck_callbacks(stuck)),
+                    "no limit" if waited is None else f"{waited:.3g}",
+                    ", ".join(stuck_callbacks(stuck)),
                 )
         run.dispatcher = None
         # No worker reads any more: a request() from on_close reads the connection itself.
         session._serving = False
-        answer = self._in_session(session, "on_close", self._client.on_close, session, end.close)
+        answer = self._in_session(
+            run, session, "on_close", self._client.on_close, session, end.close
+        )
         if end.close is None:
             default = 1001 if end.kind is EndKind.RESTART else 1000
             frame = _close_frame(answer, default)
@@ -616,7 +701,9 @@ class WebsocketEngine:
                     session.conn.close(frame.code, frame.reason, timeout=_until(run, deadline))
                 except Exception as error:
                     session.conn.abort()
-                    self._in_session(session, "on_close_error", self._client.on_close_error, error)
+                    self._in_session(
+                        run, session, "on_close_error", self._client.on_close_error, error
+                    )
         elif end.close.code == 1006:
             session.conn.abort()
         else:
@@ -624,13 +711,18 @@ class WebsocketEngine:
                 session.conn.close(timeout=_until(run, deadline))
             except Exception as error:
                 session.conn.abort()
-                self._in_session(session, "on_close_error", self._client.on_close_error, error)
+                self._in_session(
+                    run, session, "on_close_error", self._client.on_close_error, error
+                )
         session.mark_closed()
+        # The session's view of the adapter goes with it: a worker or user thread that
+        # still holds session.conn cannot reach the next session's connection.
+        _release(session)
         with self._state_lock:
             if self._session is session:
                 self._session = None
             run.session = None
-        self._telemetry.open_connections.add(-1)
+        self._telemetry.connection_opened(-1)
         span = session.span
         if end.close is not None and span.is_recording():
             span.set_attribute("wsengine.close.code", end.close.code)
@@ -643,13 +735,19 @@ class WebsocketEngine:
 
     def _next_session(self, run: _Run, previous: Session, end: SessionEnd) -> Session | None:
         """Reconnect when the policy says so; None when the engine stops."""
-        if run.stop_requested.is_set() or end.kind in (EndKind.STOP, EndKind.EXIT):
-            return None
-        if end.kind is EndKind.LOST and not self._config.auto_reconnect:
+        if not self._reconnects_after(run, end):
             return None
         if time.monotonic() - previous.opened_at >= self._config.reconnect_reset_after:
             run.attempt = 0
         return self._reconnect(run)
+
+    def _reconnects_after(self, run: _Run, end: SessionEnd) -> bool:
+        """Tell whether the policy reconnects after a session that ended so (decided once
+        the session ended, so that the state reads CLOSING, not RECONNECTING, on the way
+        to a stop)."""
+        if run.stop_requested.is_set() or end.kind in (EndKind.STOP, EndKind.EXIT):
+            return False
+        return end.kind is not EndKind.LOST or self._config.auto_reconnect
 
     def _reconnect(self, run: _Run) -> Session | None:
         """Wait the backoff delay, dial, repeat on failure; None when the engine stops."""
@@ -676,7 +774,7 @@ class WebsocketEngine:
                     logger.info("reconnection attempt %d failed: %s: %s", failures,
                                 type(error).__name__, scrub(str(error)))
                     self._call(
-                        "on_restart_error", self._client.on_restart_error,
+                        run, "on_restart_error", self._client.on_restart_error,
                         error, failures, exited.set,
                     )
                 except BaseException:
@@ -708,7 +806,7 @@ class WebsocketEngine:
         offer = session.offer
         telemetry = self._telemetry
         duration = telemetry.callback_duration
-        attributes = {"wsengine.callback": "on_message"}
+        attributes = telemetry.callback_attributes("on_message")
 
         if session.span.is_recording():
             start_span = telemetry.tracer.start_span
@@ -781,28 +879,28 @@ class WebsocketEngine:
 
     def _count_received(self, batch: list[Message]) -> None:
         """Count one read batch (called once per batch, not per message)."""
-        self._telemetry.messages_received.add(len(batch))
-        self._telemetry.bytes_received.add(sum(len(message.data) for message in batch))
+        self._telemetry.count_received(len(batch), sum(len(message.data) for message in batch))
 
     @staticmethod
     def _lost(session: Session, error: ConnectionClosedError) -> None:
         session.end(SessionEnd(EndKind.LOST, CloseMessage(error.code, error.reason)))
 
     def _read_error(self, run: _Run, session: Session, error: Exception) -> None:
-        self._in_session(session, "on_read_error", self._client.on_read_error, session, error)
+        self._in_session(run, session, "on_read_error", self._client.on_read_error, session,
+                         error)
 
-    def _in_session(self, session: Session, name: str, function: Callable[..., object],
-                    *args: object) -> object:
+    def _in_session(self, run: _Run, session: Session, name: str,
+                    function: Callable[..., object], *args: object) -> object:
         """Run a callback with the session's span as parent (see ``_call``)."""
         ctx = session.otel_ctx
         token = otel_context.attach(ctx) if ctx is not None else None
         try:
-            return self._call(name, function, *args, reraise=name == "on_open")
+            return self._call(run, name, function, *args, reraise=name == "on_open")
         finally:
             if token is not None:
                 otel_context.detach(token)
 
-    def _call(self, name: str, function: Callable[..., object], *args: object,
+    def _call(self, run: _Run, name: str, function: Callable[..., object], *args: object,
               reraise: bool = False) -> object:
         """Run a callback under its span; log what it raises (with the traceback) and go on.
 
@@ -815,9 +913,7 @@ class WebsocketEngine:
                 raise
             logger.exception("%s raised; the engine goes on", name)
         except BaseException as error:
-            run = self._run
-            if run is not None:
-                self._interrupted(run, name, error)
+            self._interrupted(run, name, error)
             if reraise:
                 raise
         return None
@@ -825,7 +921,9 @@ class WebsocketEngine:
     def _interrupted(self, run: _Run, name: str, error: BaseException) -> None:
         logger.warning("%s raised %s: stopping the engine", name, type(error).__name__)
         run.interrupt = error
-        threading.Thread(target=self.stop, name="wsengine-stopper", daemon=True).start()
+        # Stops this run only: a callback of an old run must not stop a newer one.
+        threading.Thread(target=self._stop_run, args=(run, self._config.stop_timeout),
+                         name="wsengine-stopper", daemon=True).start()
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -856,6 +954,22 @@ class WebsocketEngine:
         run = self._run
         dispatcher = run.dispatcher if run is not None else None
         return dispatcher.depth if dispatcher is not None else 0
+
+
+def _release(session: Session) -> None:
+    """Revoke the session's own lease on the adapter (see ``AdapterLease``)."""
+    conn = session.conn
+    if isinstance(conn, LeasedConnection):
+        conn.lease.revoke()
+
+
+def _default_name(url: str) -> str:
+    """The engine's default metric name: scheme, host, port and path, nothing else (no
+    credentials, no query: its values may be secret, or change per dial)."""
+    scheme, host, port = url_target(url)
+    path = urlsplit(url).path or "/"
+    shown = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{shown}:{port}{path}"
 
 
 def _until(run: _Run, deadline: float | None) -> float | None:

@@ -5,24 +5,25 @@
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 import math
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any, TypeVar
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
+from wsengine.adapters.base import ConnectionAdapter
 from wsengine.errors import ConfigError, ConnectionClosedError, EngineStateError
-from wsengine.types import CloseMessage, Message
+from wsengine.types import CloseMessage, HandshakeResponse, Message
 
-if TYPE_CHECKING:
-    from wsengine.adapters.base import ConnectionAdapter
+__all__ = ["AdapterLease", "LeasedConnection", "MatchFunction", "Session"]
 
-__all__ = ["MatchFunction", "Session"]
+_T = TypeVar("_T")
 
 logger = logging.getLogger("wsengine")
 
@@ -32,6 +33,190 @@ MatchFunction = Callable[[Message], bool]
 
 def _ignore(count: int) -> None:
     return None
+
+
+#: Raised by a connection view whose lease was revoked (its session closed, or a newer
+#: run of the engine took the adapter).
+_REVOKED = "connection closed (its session or engine run is over)"
+
+
+class AdapterLease:
+    """The right of one engine run, or one of its sessions, to use the shared adapter.
+
+    Why: one adapter serves an engine's successive runs, and a thread of an old run (an
+    ``on_close`` that ``stop()`` gave up on, a late dial, a stuck worker) may wake up
+    while the adapter already serves the next run. Every adapter call of a run goes
+    through a :class:`LeasedConnection`; ``start()`` revokes the previous run's lease
+    and then waits for the calls already inside the adapter to leave, so from then on
+    nothing of the old run can reach the adapter. A check-then-call without that count
+    would race: the old thread could pass the check, then close the new connection.
+
+    A session's lease is a child of its run's: revoking the run's revokes every session's,
+    and a session's alone is revoked once that session is closed. Children share the
+    root's lock and in-flight count.
+    """
+
+    def __init__(self, parent: AdapterLease | None = None) -> None:
+        self._parent = parent
+        self._root: AdapterLease = self if parent is None else parent._root
+        # Guards _revoked of the whole tree and the root's _busy and _idle_waiters; held
+        # for a few statements by every call through a view (on entry and exit) and by
+        # revoke(); wait_idle() waits on _idle (built on it) for _busy to reach 0.
+        self._lock: threading.Lock = threading.Lock() if parent is None else parent._lock
+        self._idle: threading.Condition = (
+            threading.Condition(self._lock) if parent is None else parent._idle
+        )
+        self._revoked = False
+        self._busy = 0  # calls inside the adapter, counted on the root only
+        self._idle_waiters = 0  # threads in wait_idle(), on the root only
+
+    def child(self) -> AdapterLease:
+        """A lease revoked with this one, or on its own."""
+        return AdapterLease(self)
+
+    @property
+    def revoked(self) -> bool:
+        """True once this lease or an ancestor was revoked."""
+        lease: AdapterLease | None = self
+        while lease is not None:
+            if lease._revoked:
+                return True
+            lease = lease._parent
+        return False
+
+    def enter(self) -> bool:
+        """Count one call into the adapter; False (nothing counted) if revoked."""
+        with self._lock:
+            if self._revoked or self.revoked:
+                return False
+            self._root._busy += 1
+            return True
+
+    def leave(self) -> None:
+        """End a call counted by :meth:`enter`."""
+        with self._lock:
+            root = self._root
+            root._busy -= 1
+            if root._busy == 0 and root._idle_waiters:
+                self._idle.notify_all()
+
+    def revoke(self) -> None:
+        """Refuse every later call through this lease and its children. Idempotent; does
+        not block."""
+        with self._lock:
+            self._revoked = True
+
+    def wait_idle(self, timeout: float | None) -> bool:
+        """Block until no call of the whole run is inside the adapter; False on timeout."""
+        root = self._root
+        with self._lock:
+            root._idle_waiters += 1
+            try:
+                return self._idle.wait_for(lambda: root._busy == 0, timeout)
+            finally:
+                root._idle_waiters -= 1
+
+
+class LeasedConnection(ConnectionAdapter):
+    """A view of the engine's adapter that acts only while its lease holds.
+
+    Once the lease is revoked, ``read``, ``write``, ``ping``, ``read_available``, ``dial``
+    and ``underlying`` raise :class:`ConnectionClosedError` (1006); ``close``, ``abort`` and
+    ``wake_reader`` do nothing (the connection they meant is gone), ``wait_readable``
+    returns True at once (the next read then raises), ``has_pending_data`` says False.
+    Attributes of the adapter not in the interface are passed through; methods among them
+    are fenced like the rest.
+    """
+
+    def __init__(self, adapter: ConnectionAdapter, lease: AdapterLease) -> None:
+        self._adapter = adapter
+        self._lease = lease
+
+    @property
+    def adapter(self) -> ConnectionAdapter:
+        """The adapter behind this view (the engine's ``adapter``)."""
+        return self._adapter
+
+    @property
+    def lease(self) -> AdapterLease:
+        """The lease this view acts under."""
+        return self._lease
+
+    def _call(self, function: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        lease = self._lease
+        if not lease.enter():
+            raise ConnectionClosedError(1006, _REVOKED)
+        try:
+            return function(*args, **kwargs)
+        finally:
+            lease.leave()
+
+    def _quiet(self, function: Callable[..., object], *args: Any, **kwargs: Any) -> None:
+        lease = self._lease
+        if not lease.enter():
+            return
+        try:
+            function(*args, **kwargs)
+        finally:
+            lease.leave()
+
+    def dial(self, url: str, timeout: float | None, **kwargs: Any) -> HandshakeResponse:
+        return self._call(self._adapter.dial, url, timeout, **kwargs)
+
+    def read(self, timeout: float | None = None) -> Message | None:
+        return self._call(self._adapter.read, timeout)
+
+    def write(self, data: str | bytes, *args: Any, **kwargs: Any) -> None:
+        self._call(self._adapter.write, data, *args, **kwargs)
+
+    def ping(self, payload: bytes = b"") -> None:
+        self._call(self._adapter.ping, payload)
+
+    def close(self, code: int = 1000, reason: str = "", timeout: float | None = None) -> None:
+        self._quiet(self._adapter.close, code, reason, timeout=timeout)
+
+    def abort(self) -> None:
+        self._quiet(self._adapter.abort)
+
+    @property
+    def last_received(self) -> float:
+        return self._adapter.last_received
+
+    @property
+    def underlying(self) -> object:
+        return self._call(getattr, self._adapter, "underlying")
+
+    def wait_readable(self, timeout: float | None) -> bool:
+        lease = self._lease
+        if not lease.enter():
+            return True
+        try:
+            return self._adapter.wait_readable(timeout)
+        finally:
+            lease.leave()
+
+    def wake_reader(self) -> None:
+        self._quiet(self._adapter.wake_reader)
+
+    def read_available(self, max_messages: int) -> list[Message]:
+        return self._call(self._adapter.read_available, max_messages)
+
+    def has_pending_data(self) -> bool:
+        if self._lease.revoked:
+            return False
+        return self._adapter.has_pending_data()
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name in ("_adapter", "_lease"):
+            raise AttributeError(name)
+        value = getattr(self._adapter, name)
+        if callable(value):
+            return functools.partial(self._call, value)
+        return value
+
+    def __repr__(self) -> str:
+        state = "revoked" if self._lease.revoked else "live"
+        return f"<LeasedConnection {state} of {self._adapter!r}>"
 
 
 class EndKind(enum.Enum):
@@ -70,8 +255,12 @@ class Session:
 
     Attributes:
         id: unique per connection.
-        conn: the adapter serving this connection; hold ``pause_lock`` to read from it
-            directly (``on_open`` may use it freely: nothing else reads yet).
+        conn: this connection's view of the engine's adapter (a
+            :class:`LeasedConnection`); hold ``pause_lock`` to read from it directly
+            (``on_open`` may use it freely: nothing else reads yet). Once the session is
+            closed it acts no more (reads and writes raise ``ConnectionClosedError``,
+            ``close``/``abort`` do nothing), so a reference kept past the session can
+            never reach a later connection.
         pause_lock: the engine's pause lock (``engine.pause_lock``).
     """
 

@@ -10,20 +10,29 @@ recording, and message counters are updated once per read batch.
 from __future__ import annotations
 
 import re
+import threading
 import time
 import traceback
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, TypeVar, cast
 
 from opentelemetry import trace
-from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation, get_meter
+from opentelemetry.metrics import (
+    CallbackOptions,
+    MeterProvider,
+    Observation,
+    get_meter,
+    get_meter_provider,
+)
 from opentelemetry.trace import Span, Status, StatusCode
 
 from wsengine._url import redact_url
 from wsengine.version import __version__
 
 __all__ = [
+    "ENGINE_ATTRIBUTE",
     "SPAN_CALLBACK_PREFIX",
     "SPAN_CLOSE",
     "SPAN_DIAL",
@@ -92,23 +101,22 @@ def _is_live(instrument_source: object) -> bool:
     return True
 
 
-class Telemetry:
-    """The engine's tracer and meter, from the given providers or the global ones.
+#: Metric attribute naming the engine that reports a point (see ``WebsocketEngine(name=)``).
+ENGINE_ATTRIBUTE = "wsengine.engine.name"
 
-    Args:
-        tracer_provider: None for the global provider.
-        meter_provider: None for the global provider.
-        queue_depth: read by the queue-depth gauge when metrics are collected.
+
+class _Instruments:
+    """The instruments of one meter provider, shared by every engine that reports to it.
+
+    Made once per provider and kept for as long as the provider lives, because OpenTelemetry
+    keeps every instrument created (the global proxy meter for ever, an SDK meter for its
+    life, ignoring a second gauge of the same name): instruments made per engine would grow
+    without bound and keep each engine alive through the queue-depth callback. Engines tell
+    themselves apart by the ``wsengine.engine.name`` attribute instead.
     """
 
-    def __init__(
-        self,
-        tracer_provider: trace.TracerProvider | None,
-        meter_provider: MeterProvider | None,
-        queue_depth: Callable[[], int],
-    ) -> None:
-        self.tracer = trace.get_tracer("wsengine", __version__, tracer_provider)
-        self.meter = get_meter("wsengine", __version__, meter_provider)
+    def __init__(self, provider: MeterProvider | None) -> None:
+        self.meter = get_meter("wsengine", __version__, provider)
         meter = self.meter
         self.messages_received = meter.create_counter(
             "wsengine.messages.received", unit="{message}", description="data messages read"
@@ -131,14 +139,109 @@ class Telemetry:
         self.keepalive_rtt = meter.create_histogram(
             "wsengine.keepalive.rtt", unit="s", description="ping to pong round-trip time"
         )
-
-        def observe_depth(options: CallbackOptions) -> Iterable[Observation]:
-            return [Observation(queue_depth())]
-
+        # The engines reporting here, held weakly: a dropped engine (started or not) is
+        # collected, and its gauge points vanish with it. Added to by Telemetry(), read by
+        # the gauge callback on the SDK's collecting thread (WeakSet iteration is safe
+        # against concurrent changes once copied with list()).
+        self.sources: weakref.WeakSet[Telemetry] = weakref.WeakSet()
         meter.create_observable_gauge(
-            "wsengine.queue.depth", callbacks=[observe_depth], unit="{message}",
+            "wsengine.queue.depth", callbacks=[self._observe_depth], unit="{message}",
             description="messages read but not yet taken by a worker",
         )
+
+    def _observe_depth(self, options: CallbackOptions) -> Iterable[Observation]:
+        depths: dict[str, int] = {}
+        for source in list(self.sources):
+            name = source.engine_name
+            depths[name] = depths.get(name, 0) + source.queue_depth()
+        return [Observation(depth, {ENGINE_ATTRIBUTE: name}) for name, depth in depths.items()]
+
+
+# One _Instruments per meter provider (the global one resolved when first asked), weak on
+# the provider so that a provider a program drops is not kept. Guarded by
+# _instruments_lock, held by Telemetry() for the look-up and the creation.
+_instruments_by_provider: weakref.WeakKeyDictionary[object, _Instruments] = (
+    weakref.WeakKeyDictionary()
+)
+_instruments_lock = threading.Lock()
+
+
+def _instruments_for(meter_provider: MeterProvider | None) -> _Instruments:
+    key: object = meter_provider if meter_provider is not None else get_meter_provider()
+    with _instruments_lock:
+        found = _instruments_by_provider.get(key)
+        if found is None:
+            found = _instruments_by_provider[key] = _Instruments(meter_provider)
+        return found
+
+
+class Telemetry:
+    """One engine's tracer and meter, from the given providers or the global ones.
+
+    Every metric point carries ``{ENGINE_ATTRIBUTE: engine_name}``, so that engines sharing
+    a provider report separate series.
+
+    Args:
+        tracer_provider: None for the global provider.
+        meter_provider: None for the global provider.
+        queue_depth: read by the queue-depth gauge when metrics are collected (on the
+            collecting thread); it must not block.
+        engine_name: the value of the engine attribute; low cardinality, no secret.
+    """
+
+    def __init__(
+        self,
+        tracer_provider: trace.TracerProvider | None,
+        meter_provider: MeterProvider | None,
+        queue_depth: Callable[[], int],
+        engine_name: str = "wsengine",
+    ) -> None:
+        self.tracer = trace.get_tracer("wsengine", __version__, tracer_provider)
+        instruments = _instruments_for(meter_provider)
+        self.meter = instruments.meter
+        self.queue_depth = queue_depth
+        self.engine_name = engine_name
+        #: Attributes of every point this engine records (never mutated).
+        self.attributes: Mapping[str, AttributeValue] = {ENGINE_ATTRIBUTE: engine_name}
+        self._callback_attributes: dict[str, Mapping[str, AttributeValue]] = {}
+        self._messages_received = instruments.messages_received
+        self._bytes_received = instruments.bytes_received
+        self._messages_sent = instruments.messages_sent
+        self._reconnects = instruments.reconnects
+        self._open_connections = instruments.open_connections
+        self.callback_duration = instruments.callback_duration
+        self._keepalive_rtt = instruments.keepalive_rtt
+        instruments.sources.add(self)
+
+    def count_received(self, messages: int, size: int) -> None:
+        """Count one read batch: ``messages`` data messages of ``size`` payload bytes."""
+        self._messages_received.add(messages, self.attributes)
+        self._bytes_received.add(size, self.attributes)
+
+    def count_sent(self, messages: int) -> None:
+        """Count data messages sent."""
+        self._messages_sent.add(messages, self.attributes)
+
+    def count_reconnect(self) -> None:
+        """Count one successful reconnection."""
+        self._reconnects.add(1, self.attributes)
+
+    def connection_opened(self, change: int) -> None:
+        """Add ``change`` (+1 or -1) to the open connections."""
+        self._open_connections.add(change, self.attributes)
+
+    def record_rtt(self, seconds: float) -> None:
+        """Record one keepalive round-trip time."""
+        self._keepalive_rtt.record(seconds, self.attributes)
+
+    def callback_attributes(self, name: str) -> Mapping[str, AttributeValue]:
+        """The attributes of ``wsengine.callback.duration`` for callback ``name`` (cached:
+        the per-message path must not build a dict per message)."""
+        found = self._callback_attributes.get(name)
+        if found is None:
+            found = {**self.attributes, "wsengine.callback": name}
+            self._callback_attributes[name] = found
+        return found
 
     @property
     def metrics_live(self) -> bool:
@@ -175,5 +278,5 @@ class Telemetry:
                 raise
             finally:
                 self.callback_duration.record(
-                    time.perf_counter() - started, {"wsengine.callback": name}
+                    time.perf_counter() - started, self.callback_attributes(name)
                 )
