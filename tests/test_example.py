@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import re
@@ -662,3 +663,37 @@ def test_echo_client_rejects_bad_arguments(kwargs: dict[str, float]) -> None:
     a negative pause_every."""
     with pytest.raises(ValueError):
         EchoClient(**kwargs)  # type: ignore[arg-type]
+
+
+def fake_span(name: str, span_id: str, parent: str | None, start: str, **attributes: object
+              ) -> dict[str, object]:
+    """A span as the console exporter prints it, reduced to what spantree reads."""
+    return {
+        "name": name, "context": {"trace_id": "0xt", "span_id": span_id},
+        "parent_id": parent, "start_time": f"2026-01-01T00:00:0{start}Z",
+        "end_time": f"2026-01-01T00:00:0{start}.5Z", "status": {"status_code": "UNSET"},
+        "attributes": attributes, "events": [],
+    }
+
+
+def test_spantree_draws_children_in_start_order_and_counts_the_rest() -> None:
+    """Children come in start order under their parent; ``limit`` counts the hidden ones."""
+    spans = [
+        fake_span("child-b", "b", "r", "2"),
+        fake_span("root", "r", None, "0"),
+        fake_span("grandchild", "g", "a", "3", **{"example.pause.number": 1}),
+        fake_span("child-a", "a", "r", "1"),
+        fake_span("child-c", "c", "r", "4"),
+    ]
+    text = "\n".join(json.dumps(span, indent=4) for span in spans)
+    assert render_trees(parse_spans(text)).splitlines() == [
+        "trace 0xt",
+        "root  500.0 ms",
+        "├── child-a  500.0 ms",
+        "│   └── grandchild  500.0 ms  example.pause.number=1",
+        "├── child-b  500.0 ms",
+        "└── child-c  500.0 ms",
+    ]
+    assert render_trees(parse_spans(text), limit=1).splitlines()[-1] == "└── ... 2 more"
+    with pytest.raises(ValueError):
+        parse_spans('{"not": "a span"}')
