@@ -227,10 +227,11 @@ class Application:
                 )
                 try:
                     answer = self._ask_by_hand(session, number, span)
-                    # The client's next message goes out while we hold the lock; its echo
-                    # arrives and waits, unread, until the release.
-                    self.client.schedule_next(session, otel_context.get_current())
-                    self._hold_until(locked + self.pause_for)
+                    if not session.closed:
+                        # The client's next message goes out while we hold the lock; its
+                        # echo arrives and waits, unread, until the release.
+                        self.client.schedule_next(session, otel_context.get_current())
+                        self._hold_until(locked + self.pause_for)
                 except KeyboardInterrupt:
                     span.add_event("interrupted")
                     logger.info("pause #%d interrupted: releasing the pause lock", number)
