@@ -2,15 +2,20 @@
 # Copyright The wsengine authors
 """``python -m example``: an echo server and a wsengine client, together or apart.
 
-Every flag has an environment fallback (for containers); a flag given wins::
+The client runs inside a small synchronous application (:mod:`example.app`): the main
+thread prints a heartbeat and pauses the engine every ``--pause-every`` echoes, the
+client runs on the ``example-client`` thread. Every flag has an environment fallback (for
+containers); a flag given wins::
 
     python -m example                          # both, in one process, on 127.0.0.1:8765
-    python -m example --interval 0.5 --count 10
+    python -m example --interval 0.5 --count 10 --pause-every 4 --pause-for 1
+    python -m example --pause-every 0          # never pause
     python -m example --mode server --host 0.0.0.0
     python -m example --mode client --url ws://server:8765/
 
-Ctrl-C (or SIGTERM) stops gracefully: the engine closes its connection with 1000, the
-server shuts down, buffered spans are exported, and the exit status is 0.
+Ctrl-C (or SIGTERM) stops gracefully, also in the middle of a pause: the pause lock is
+released, the engine closes its connection with 1000, the server shuts down, buffered
+spans are exported, and the exit status is 0.
 
 Exit status: 0 when done or interrupted, 1 when the client could not connect, gave up
 reconnecting, or stopped before ``--count`` echoes; 2 for a bad flag or variable.
@@ -30,10 +35,11 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import TypeVar
 
+from example.app import SIGNAL_CHECK_INTERVAL, Application
 from example.client import EchoClient
 from example.server import DEFAULT_HOST, DEFAULT_PORT, EchoServer
 from example.telemetry import ExampleTelemetry, setup_telemetry
-from wsengine import EngineConfig, EngineStartError, WebsocketEngine
+from wsengine import EngineConfig, WebsocketEngine
 
 __all__ = ["Options", "client_url", "main", "parse_args"]
 
@@ -42,11 +48,6 @@ logger = logging.getLogger("example")
 MODES = ("both", "server", "client")
 
 T = TypeVar("T")
-
-#: The main thread waits in slices this long (seconds), never in one untimed wait. A
-#: signal may be taken by another thread (observed under load): the main thread then
-#: runs the Python handler only when it next wakes, and an untimed wait never does.
-SIGNAL_CHECK_INTERVAL = 0.25
 
 LOG_FORMAT = "%(asctime)s %(threadName)-22s %(name)-16s %(levelname)-7s %(message)s"
 
@@ -63,6 +64,12 @@ class Options:
     interval: float
     count: int
     max_restarts: int
+    #: Pause the engine after every this many echoes; 0: never.
+    pause_every: int
+    #: Seconds a pause lasts, from taking the lock to releasing it.
+    pause_for: float
+    #: Seconds between two heartbeat lines of the main thread.
+    heartbeat: float
     console_spans: bool
 
 
@@ -90,6 +97,13 @@ def _optional_str(text: str) -> str | None:
 def _float(text: str) -> float:
     value = float(text)
     if not (math.isfinite(value) and value >= 0):
+        raise ValueError(text)
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _float(text)
+    if value <= 0:
         raise ValueError(text)
     return value
 
@@ -163,8 +177,8 @@ def parse_args(
         "host and port)",
     )
     parser.add_argument(
-        "--interval", type=_float, default=default("WSENGINE_INTERVAL", 5.0, _float),
-        help="seconds between an echo and the next message (env WSENGINE_INTERVAL; default 5)",
+        "--interval", type=_float, default=default("WSENGINE_INTERVAL", 1.0, _float),
+        help="seconds between an echo and the next message (env WSENGINE_INTERVAL; default 1)",
     )
     parser.add_argument(
         "--count", type=_count, default=default("WSENGINE_COUNT", 0, _count),
@@ -177,6 +191,22 @@ def parse_args(
         "(env WSENGINE_MAX_RESTARTS; default 5)",
     )
     parser.add_argument(
+        "--pause-every", type=_count, default=default("WSENGINE_PAUSE_EVERY", 3, _count),
+        help="pause the engine after every this many echoes and talk to the server by "
+        "hand, 0 for never (env WSENGINE_PAUSE_EVERY; default 3)",
+    )
+    parser.add_argument(
+        "--pause-for", type=_float, default=default("WSENGINE_PAUSE_FOR", 2.0, _float),
+        help="seconds a pause lasts; messages that arrive meanwhile are delivered after it "
+        "(env WSENGINE_PAUSE_FOR; default 2)",
+    )
+    parser.add_argument(
+        "--heartbeat", type=_positive_float,
+        default=default("WSENGINE_HEARTBEAT", 3.0, _positive_float),
+        help="seconds between the main thread's heartbeat lines (env WSENGINE_HEARTBEAT; "
+        "default 3)",
+    )
+    parser.add_argument(
         "--no-console-spans", dest="console_spans", action="store_false",
         help="do not print spans to stdout (spans still go to OTEL_EXPORTER_OTLP_ENDPOINT "
         "when it is set)",
@@ -187,6 +217,7 @@ def parse_args(
     return Options(
         mode=args.mode, host=args.host, port=args.port, url=args.url,
         interval=args.interval, count=args.count, max_restarts=args.max_restarts,
+        pause_every=args.pause_every, pause_for=args.pause_for, heartbeat=args.heartbeat,
         console_spans=args.console_spans,
     )
 
@@ -209,47 +240,25 @@ def _stop_on_signals() -> None:
 
 
 def run_client(url: str, options: Options, telemetry: ExampleTelemetry) -> int:
-    """Run the client until it is done, gives up, or Ctrl-C; returns the exit status.
+    """Run the application (and the client on its thread) until the engine is done, gives
+    up, or Ctrl-C; returns the exit status.
 
     Blocks the calling (main) thread; the engine is stopped on the way out in any case.
     """
     client = EchoClient(
         interval=options.interval, count=options.count, max_restarts=options.max_restarts,
-        tracer_provider=telemetry.tracer_provider,
+        pause_every=options.pause_every, tracer_provider=telemetry.tracer_provider,
     )
     config = EngineConfig(workers=1, reconnect_delay_max=10.0)  # workers=1: echoes in order
     engine = WebsocketEngine(
         url, client, config=config,
         tracer_provider=telemetry.tracer_provider, meter_provider=telemetry.meter_provider,
     )
-    status = 0
-    try:
-        logger.info("client connecting to %s", url)
-        engine.start()
-        while not engine.wait(SIGNAL_CHECK_INTERVAL):
-            pass  # see SIGNAL_CHECK_INTERVAL
-        if client.gave_up.is_set():
-            status = 1
-        elif options.count and not client.done.is_set():
-            logger.error("the engine stopped before %d echoes", options.count)
-            status = 1
-    except EngineStartError as error:
-        if isinstance(error.__cause__, KeyboardInterrupt):
-            # start() reports a Ctrl-C during the connection as a failed start, and the
-            # engine may still be connecting: the stop() below ends it.
-            logger.info("interrupted while connecting: stopping")
-        else:
-            logger.error("could not connect: %s", error)
-            status = 1
-    except KeyboardInterrupt:
-        logger.info("interrupted: stopping")
-    finally:
-        # A no-op when the engine already stopped; also stops one that a Ctrl-C caught
-        # in the middle of start() left behind.
-        engine.stop()
-        client.cancel()
-        logger.info("client stopped: %s", client.snapshot())
-    return status
+    application = Application(
+        engine, client, url, heartbeat=options.heartbeat, pause_for=options.pause_for,
+        tracer_provider=telemetry.tracer_provider,
+    )
+    return application.run()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

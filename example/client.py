@@ -1,11 +1,18 @@
 # SPDX-License-Identifier: Apache-2.0
 # Copyright The wsengine authors
-"""EchoClient: sends a message, waits for its echo, waits ``interval``, sends the next."""
+"""EchoClient: sends a message, waits for its echo, waits ``interval``, sends the next.
+
+Every ``pause_every`` echoes it hands a :class:`PauseRequest` to the application (see
+:mod:`example.app`) instead of scheduling its next message, and goes on only when the
+application calls :meth:`EchoClient.schedule_next`: so when the application pilots the
+connection by hand, the server's next frame is the answer to its own request.
+"""
 
 from __future__ import annotations
 
 import logging
 import math
+import queue
 import threading
 from dataclasses import dataclass, fields
 
@@ -22,7 +29,7 @@ from wsengine import (
 )
 from wsengine.client import ExitFunction
 
-__all__ = ["Counters", "EchoClient"]
+__all__ = ["Counters", "EchoClient", "PauseRequest"]
 
 logger = logging.getLogger("example")
 
@@ -41,6 +48,17 @@ class Counters:
         return " ".join(f"{field.name}={getattr(self, field.name)}" for field in fields(self))
 
 
+@dataclass(frozen=True)
+class PauseRequest:
+    """Echo number ``echoes`` came back on ``session``: time for the application to pause."""
+
+    session: Session
+    echoes: int
+    #: The context of the ``on_message`` call that asked, so that the application's
+    #: ``example.pause`` span joins the session's trace under that message.
+    context: otel_context.Context
+
+
 class EchoClient(WebsocketClient):
     """Sends ``hello #n`` on open and after each echo, ``interval`` seconds later.
 
@@ -53,6 +71,9 @@ class EchoClient(WebsocketClient):
         count: stop the engine (``session.exit()``) after this many echoes; 0: never.
         max_restarts: failed reconnection attempts in a row before giving up
             (``exit()`` in ``on_restart_error``); >= 1.
+        pause_every: after every this many echoes, put a :class:`PauseRequest` on
+            :attr:`pause_requests` and send nothing more until someone calls
+            :meth:`schedule_next`; 0: never.
         tracer_provider: for the client's own ``example.send`` spans; default the global
             provider.
 
@@ -66,6 +87,7 @@ class EchoClient(WebsocketClient):
         interval: float = 5.0,
         count: int = 0,
         max_restarts: int = 5,
+        pause_every: int = 0,
         tracer_provider: trace.TracerProvider | None = None,
     ) -> None:
         if not (math.isfinite(interval) and interval >= 0):
@@ -74,13 +96,27 @@ class EchoClient(WebsocketClient):
             raise ValueError(f"count must be >= 0, got {count!r}")
         if max_restarts < 1:
             raise ValueError(f"max_restarts must be >= 1, got {max_restarts!r}")
+        if pause_every < 0:
+            raise ValueError(f"pause_every must be >= 0, got {pause_every!r}")
         self.interval = interval
         self.count = count
         self.max_restarts = max_restarts
+        self.pause_every = pause_every
         self.counters = Counters()
         # Guards counters, _next_number and _timer; taken for a few statements by the
         # engine's threads, the timer thread and whoever reads the counters.
         self.counters_lock = threading.Lock()
+        # Notified (under counters_lock) on every echo; waited on by wait_received().
+        self._received_changed = threading.Condition(self.counters_lock)
+        # Held by send_next() from numbering a message until it is counted as sent, so
+        # that settled_snapshot() never sees a message half sent. Owned by whichever thread
+        # sends (engine supervisor or timer); settled_snapshot() waits on it; never held
+        # while waiting for anything but the kernel taking one small frame.
+        self._send_lock = threading.Lock()
+        #: Filled by the engine's worker (on_message) every ``pause_every`` echoes,
+        #: emptied by the application's main loop; at most one request waits, since the
+        #: client sends nothing more until the application answers it.
+        self.pause_requests: queue.Queue[PauseRequest] = queue.Queue()
         self._next_number = 1
         # The pending "send the next message" timer, or None. Set by on_message, cancelled
         # and cleared by on_close and cancel(); ends on its own after one send.
@@ -96,6 +132,21 @@ class EchoClient(WebsocketClient):
         with self.counters_lock:
             return Counters(**vars(self.counters))
 
+    def settled_snapshot(self) -> Counters:
+        """A copy of the counters taken while no send is under way, so that ``sent`` -
+        ``received`` is exactly the messages whose echo is not delivered yet. Blocks only
+        while a send is under way."""
+        with self._send_lock:
+            return self.snapshot()
+
+    def wait_received(self, target: int, timeout: float) -> bool:
+        """Block up to ``timeout`` seconds until ``target`` echoes were delivered in all;
+        True if they were."""
+        with self._received_changed:
+            return self._received_changed.wait_for(
+                lambda: self.counters.received >= target, timeout
+            )
+
     def cancel(self) -> None:
         """Cancel the pending send, if any. Idempotent; does not block."""
         with self.counters_lock:
@@ -108,21 +159,23 @@ class EchoClient(WebsocketClient):
 
         Runs on the engine's thread (from ``on_open``) or on the timer's thread.
         """
-        with self.counters_lock:
-            number = self._next_number
-            self._next_number += 1
-        text = f"hello #{number}"
-        logger.info("sending %r", text)  # before: the echo may be logged before send returns
-        with self._tracer.start_as_current_span("example.send") as span:
-            span.set_attribute("example.message.number", number)
-            try:
-                session.send(text)
-            except ConnectionClosedError as error:
-                # The connection went while we waited: on_open of the next one starts over.
-                logger.info("not sent %r: connection closed (code %d)", text, error.code)
-                return
-        with self.counters_lock:
-            self.counters.sent += 1
+        with self._send_lock:
+            with self.counters_lock:
+                number = self._next_number
+                self._next_number += 1
+            text = f"hello #{number}"
+            logger.info("sending %r", text)  # before: the echo may be logged before send returns
+            with self._tracer.start_as_current_span("example.send") as span:
+                span.set_attribute("example.message.number", number)
+                try:
+                    session.send(text)
+                except ConnectionClosedError as error:
+                    # The connection went while we waited: on_open of the next one starts
+                    # over.
+                    logger.info("not sent %r: connection closed (code %d)", text, error.code)
+                    return
+            with self.counters_lock:
+                self.counters.sent += 1
 
     def on_open(self, session: Session, response: HandshakeResponse, restarting: bool) -> None:
         with self.counters_lock:
@@ -139,22 +192,35 @@ class EchoClient(WebsocketClient):
         with self.counters_lock:
             self.counters.received += 1
             received = self.counters.received
+            self._received_changed.notify_all()
         logger.info("echo %d received: %r", received, message.data)
         if self.count and received >= self.count:
             logger.info("%d echoes received: exiting", received)
             self.done.set()
             session.exit()
             return
-        # The timer thread gets this span's context, so its example.send span continues
-        # the trace of the echo that triggered it.
-        timer = threading.Timer(
-            self.interval, self._send_in_context, args=(session, otel_context.get_current())
-        )
-        timer.name = f"example-send-{received}"
+        if self.pause_every and received % self.pause_every == 0:
+            # Nothing more goes out until the application has paused and asked the server
+            # its own question, so the answer is the next frame it reads.
+            self.pause_requests.put(PauseRequest(session, received, otel_context.get_current()))
+            return
+        self.schedule_next(session, otel_context.get_current())
+
+    def schedule_next(self, session: Session, context: otel_context.Context) -> None:
+        """Send the next message on ``session`` ``interval`` seconds from now, on a timer
+        thread that runs in ``context``. Does not block; a no-op once ``session`` closed.
+
+        Called from ``on_message``, and by the application when a pause no longer needs
+        the client to hold back.
+        """
+        # The timer thread gets the caller's context, so its example.send span continues
+        # the trace of the echo (or the pause) that triggered it.
+        timer = threading.Timer(self.interval, self._send_in_context, args=(session, context))
         timer.daemon = True
         with self.counters_lock:
             if session.closed:
                 return
+            timer.name = f"example-send-{self._next_number}"  # the message it will send
             previous, self._timer = self._timer, timer
         if previous is not None:
             previous.cancel()

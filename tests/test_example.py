@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import re
@@ -27,6 +28,7 @@ from websockets.sync.client import connect
 from example.__main__ import Options, client_url, parse_args
 from example.client import EchoClient
 from example.server import EchoServer
+from example.spantree import parse_spans, render_trees
 from example.telemetry import (
     DEFAULT_SERVICE_NAME,
     make_metric_exporter,
@@ -168,7 +170,8 @@ def running_example(tmp_path: Path, *args: str) -> Iterator[Running]:
 
 def test_both_modes_echo_count_messages_and_print_spans() -> None:
     """Server and client in one process: 5 echoes, exit 0, engine spans on stdout."""
-    result = run_example("--interval", "0.05", "--count", "5", "--port", "0")
+    result = run_example("--interval", "0.05", "--count", "5", "--port", "0",
+                         "--pause-every", "0")
 
     assert result.returncode == 0, result.stderr
     for number in range(1, 6):
@@ -180,6 +183,159 @@ def test_both_modes_echo_count_messages_and_print_spans() -> None:
     assert '"name": "wsengine.callback.on_message"' in result.stdout
     assert '"name": "example.send"' in result.stdout
     assert '"service.name": "wsengine-example"' in result.stdout
+
+
+def log_lines(stderr: str, thread: str = r"\S+") -> list[str]:
+    """The messages of the ``example`` logger's lines, from ``thread`` (a regex)."""
+    pattern = re.compile(rf"^\S+ \S+ (?:{thread})\s+example\s+\w+\s+(.*)$")
+    return [found.group(1) for line in stderr.splitlines() if (found := pattern.match(line))]
+
+
+PAUSE_LINE = r"pause #(\d+) after echo (\d+): took the pause lock in [\d.]+ ms"
+RESUME_LINE = (
+    r"pause #(\d+) over: released the lock after [\d.]+ s \(had waited [\d.]+ ms for it\); "
+    r"the server answered 'pause #\d+: still there\?' in [\d.]+ ms; "
+    r"(\d+) messages? arrived meanwhile, delivered after the release"
+)
+
+
+def test_the_application_pauses_the_client_thread_by_hand() -> None:
+    """Every 3 echoes the main thread pauses, asks the server by hand and resumes; what
+    arrived meanwhile is delivered after the release, none lost; the pause is a span."""
+    result = run_example("--interval", "0.05", "--count", "7", "--port", "0",
+                         "--pause-every", "3", "--pause-for", "1", "--heartbeat", "0.2")
+
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    messages = log_lines(result.stderr)
+    # No message lost, none twice, in order, the pauses' questions not among them.
+    echoes = [m for m in messages if m.startswith("echo ")]
+    assert echoes == [f"echo {n} received: 'hello #{n}'" for n in range(1, 8)]
+    assert "client stopped: sent=7 received=7 opens=1 restarts=0 errors=0" in messages
+
+    # The client ran on its own named thread, the application on the main thread.
+    client_thread = log_lines(result.stderr, "example-client")
+    assert client_thread[0].startswith("client thread started: connecting to ws://127.0.0.1:")
+    assert client_thread[-1] == "client thread ends: the engine is STOPPED"
+    main_thread = log_lines(result.stderr, "MainThread")
+    assert any(re.match(r"heartbeat: engine OPEN, session \w+, sent=\d+", m) for m in main_thread)
+
+    # Two pauses (after echoes 3 and 6), each announced and ended by the main thread;
+    # while paused no echo is delivered, and the message sent meanwhile comes right after.
+    pauses = [i for i, m in enumerate(messages) if re.match(PAUSE_LINE, m)]
+    resumes = [i for i, m in enumerate(messages) if re.match(RESUME_LINE, m)]
+    assert len(pauses) == len(resumes) == 2
+    for number, (paused, resumed) in enumerate(zip(pauses, resumes, strict=True), 1):
+        pause = re.match(PAUSE_LINE, messages[paused])
+        resume = re.match(RESUME_LINE, messages[resumed])
+        assert pause is not None and resume is not None
+        assert messages[paused] in main_thread and messages[resumed] in main_thread
+        after_echo = int(pause.group(2))
+        assert (int(pause.group(1)), after_echo, int(resume.group(1))) == (
+            number, 3 * number, number)
+        during = messages[paused + 1:resumed]
+        assert not [m for m in during if m.startswith("echo ")]
+        assert f"sending 'hello #{after_echo + 1}'" in during
+        assert int(resume.group(2)) == 1
+        delivered = next(m for m in messages[resumed + 1:] if m.startswith("echo "))
+        assert delivered == f"echo {after_echo + 1} received: 'hello #{after_echo + 1}'"
+    # The loop beats at once after a pause longer than the heartbeat: all were delivered.
+    assert any("pauses=1 held_back=1 delivered_after_release=1" in m for m in main_thread)
+
+    # The pauses are spans of the session's trace, under the on_message that asked.
+    spans = parse_spans(result.stdout)
+    by_id = {span["context"]["span_id"]: span for span in spans}
+    session = [span for span in spans if span["name"] == "wsengine.session"]
+    assert len(session) == 1
+    pause_spans = [span for span in spans if span["name"] == "example.pause"]
+    assert [span["attributes"]["example.pause.after_echo"] for span in pause_spans] == [3, 6]
+    receives = sorted(
+        (span for span in spans if span["name"] == "wsengine.receive"),
+        key=lambda span: span["start_time"],
+    )
+    for span in pause_spans:
+        assert span["context"]["trace_id"] == session[0]["context"]["trace_id"]
+        callback = by_id[span["parent_id"]]
+        receive = by_id[callback["parent_id"]]
+        assert (callback["name"], receive["name"]) == (
+            "wsengine.callback.on_message", "wsengine.receive")
+        assert receive["parent_id"] == session[0]["context"]["span_id"]
+        assert span["attributes"]["thread.name"] == "MainThread"
+        assert span["attributes"]["example.pause.held_back"] == 1
+        assert [event["name"] for event in span["events"]] == [
+            "lock acquired", "answer read", "lock released"]
+        assert span["status"]["status_code"] == "UNSET"
+        # The next message was received (read from the socket) only after the release.
+        following = receives[receives.index(receive) + 1]
+        assert following["start_time"] >= span["events"][-1]["timestamp"]
+    tree = render_trees(spans)
+    assert re.search(
+        r"\n│   │   └── wsengine\.callback\.on_message .*\n│   │       └── example\.pause ", tree)
+
+
+def test_pause_every_0_never_pauses() -> None:
+    """``--pause-every 0``: echoes go on without a pause line or an example.pause span."""
+    result = run_example("--interval", "0.02", "--count", "7", "--port", "0",
+                         "--pause-every", "0", "--heartbeat", "0.05")
+
+    assert result.returncode == 0, result.stderr
+    messages = log_lines(result.stderr)
+    assert [m for m in messages if m.startswith("echo ")] == [
+        f"echo {n} received: 'hello #{n}'" for n in range(1, 8)]
+    assert not [m for m in messages if m.startswith("pause #")]
+    assert "example.pause" not in {span["name"] for span in parse_spans(result.stdout)}
+    assert "pauses=0" in result.stderr
+
+
+def test_default_run_shows_the_whole_story_within_20_seconds(tmp_path: Path) -> None:
+    """With no flag but a free port: echoes, a pause and its end, a heartbeat from the
+    main thread and spans on stdout, all in the first 20 s; then Ctrl-C ends it."""
+    started = time.monotonic()
+    with running_example(tmp_path, "--port", "0") as (process, log):
+        log.wait_line(r"echo 1 received", timeout=20)
+        log.wait_line(r"MainThread +example +INFO +pause #1 after echo 3", timeout=20)
+        log.wait_line(r"MainThread +example +INFO +pause #1 over", timeout=20)
+        log.wait_line(r"MainThread +example +INFO +heartbeat: engine OPEN", timeout=20)
+        stdout = tmp_path / "stdout.txt"
+        wait_for(lambda: '"name": "example.pause"' in stdout.read_text(),
+                 timeout=max(0.0, started + 20 - time.monotonic()))
+        assert time.monotonic() - started < 20
+        process.send_signal(signal.SIGINT)
+        returncode, stderr = finish(process, log)
+
+    assert returncode == 0, stderr
+    assert "Traceback" not in stderr
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_in_the_middle_of_a_pause_stops_cleanly(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
+    """Ctrl-C or SIGTERM while the main thread holds the pause lock: the lock is released,
+    the client closes with 1000, exit 0, and the pause span says it was interrupted."""
+    args = ("--interval", "0.05", "--port", "0", "--pause-every", "2", "--pause-for", "60")
+    with running_example(tmp_path, *args) as (process, log):
+        log.wait_line(r"MainThread +example +INFO +pause #1 after echo 2")
+        log.wait_line(r"sending 'hello #3'")  # the client goes on while the pause holds
+        process.send_signal(signum)
+        returncode, stderr = finish(process, log)
+
+    assert returncode == 0, stderr
+    assert "Traceback" not in stderr
+    messages = log_lines(stderr)
+    assert "pause #1 interrupted: releasing the pause lock" in messages
+    assert not [m for m in messages if m.startswith("pause #1 over")]
+    assert "interrupted: stopping" in messages
+    assert "closing connection" in stderr
+    assert re.search(r"closed \(code 1000\) after \d+ echoes", stderr)
+    assert "client thread ends: the engine is STOPPED" in messages
+    assert "server stopped" in messages
+    pause = [s for s in parse_spans((tmp_path / "stdout.txt").read_text())
+             if s["name"] == "example.pause"]
+    assert len(pause) == 1
+    assert [event["name"] for event in pause[0]["events"]] == [
+        "lock acquired", "answer read", "interrupted"]
+    assert pause[0]["status"]["status_code"] == "UNSET"
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
@@ -253,10 +409,11 @@ def test_bad_url_exits_2() -> None:
 
 
 def test_parse_args_defaults() -> None:
-    """With no flag and no variable, both sides run on 127.0.0.1:8765 every 5 s, forever."""
+    """With no flag and no variable, both sides run on 127.0.0.1:8765 every second,
+    forever, pausing 2 s every 3 echoes, with a heartbeat every 3 s."""
     assert parse_args([], {}) == Options(
-        mode="both", host="127.0.0.1", port=8765, url=None, interval=5.0, count=0,
-        max_restarts=5, console_spans=True,
+        mode="both", host="127.0.0.1", port=8765, url=None, interval=1.0, count=0,
+        max_restarts=5, pause_every=3, pause_for=2.0, heartbeat=3.0, console_spans=True,
     )
 
 
@@ -270,10 +427,14 @@ def test_parse_args_reads_the_environment() -> None:
         "WSENGINE_INTERVAL": "0.5",
         "WSENGINE_COUNT": "7",
         "WSENGINE_MAX_RESTARTS": "2",
+        "WSENGINE_PAUSE_EVERY": "0",
+        "WSENGINE_PAUSE_FOR": "0.5",
+        "WSENGINE_HEARTBEAT": "10",
     }
     assert parse_args([], environ) == Options(
         mode="client", host="0.0.0.0", port=9000, url="ws://server:8765/", interval=0.5,
-        count=7, max_restarts=2, console_spans=True,
+        count=7, max_restarts=2, pause_every=0, pause_for=0.5, heartbeat=10.0,
+        console_spans=True,
     )
 
 
@@ -301,6 +462,11 @@ def test_parse_args_flags_win_over_the_environment() -> None:
         (["--port", "70000"], {}, "--port"),
         (["--mode", "proxy"], {}, "--mode"),
         (["--mode", "client", "--port", "0"], {}, "--url"),
+        (["--pause-every", "-1"], {}, "--pause-every"),
+        ([], {"WSENGINE_PAUSE_EVERY": "often"}, "WSENGINE_PAUSE_EVERY"),
+        (["--pause-for", "nan"], {}, "--pause-for"),
+        (["--heartbeat", "0"], {}, "--heartbeat"),
+        ([], {"WSENGINE_HEARTBEAT": "-3"}, "WSENGINE_HEARTBEAT"),
     ],
 )
 def test_parse_args_rejects_bad_values(
@@ -489,9 +655,45 @@ def test_send_on_a_closed_session_is_not_counted(echo_server: WsServer) -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"interval": -1.0}, {"interval": float("nan")}, {"count": -1}, {"max_restarts": 0}],
+    [{"interval": -1.0}, {"interval": float("nan")}, {"count": -1}, {"max_restarts": 0},
+     {"pause_every": -1}],
 )
 def test_echo_client_rejects_bad_arguments(kwargs: dict[str, float]) -> None:
-    """EchoClient refuses a negative or NaN interval, a negative count, max_restarts < 1."""
+    """EchoClient refuses a negative or NaN interval, a negative count, max_restarts < 1,
+    a negative pause_every."""
     with pytest.raises(ValueError):
         EchoClient(**kwargs)  # type: ignore[arg-type]
+
+
+def fake_span(name: str, span_id: str, parent: str | None, start: str, **attributes: object
+              ) -> dict[str, object]:
+    """A span as the console exporter prints it, reduced to what spantree reads."""
+    return {
+        "name": name, "context": {"trace_id": "0xt", "span_id": span_id},
+        "parent_id": parent, "start_time": f"2026-01-01T00:00:0{start}Z",
+        "end_time": f"2026-01-01T00:00:0{start}.5Z", "status": {"status_code": "UNSET"},
+        "attributes": attributes, "events": [],
+    }
+
+
+def test_spantree_draws_children_in_start_order_and_counts_the_rest() -> None:
+    """Children come in start order under their parent; ``limit`` counts the hidden ones."""
+    spans = [
+        fake_span("child-b", "b", "r", "2"),
+        fake_span("root", "r", None, "0"),
+        fake_span("grandchild", "g", "a", "3", **{"example.pause.number": 1}),
+        fake_span("child-a", "a", "r", "1"),
+        fake_span("child-c", "c", "r", "4"),
+    ]
+    text = "\n".join(json.dumps(span, indent=4) for span in spans)
+    assert render_trees(parse_spans(text)).splitlines() == [
+        "trace 0xt",
+        "root  500.0 ms",
+        "├── child-a  500.0 ms",
+        "│   └── grandchild  500.0 ms  example.pause.number=1",
+        "├── child-b  500.0 ms",
+        "└── child-c  500.0 ms",
+    ]
+    assert render_trees(parse_spans(text), limit=1).splitlines()[-1] == "└── ... 2 more"
+    with pytest.raises(ValueError):
+        parse_spans('{"not": "a span"}')
