@@ -34,6 +34,7 @@ from opentelemetry import trace
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import Status, StatusCode
 
+from wsengine import _fork
 from wsengine._dispatch import Dispatcher, stuck_callbacks
 from wsengine._keepalive import Keepalive
 from wsengine._pause import PauseLock
@@ -112,6 +113,8 @@ def _stop_running_engines() -> None:
 
 
 atexit.register(_stop_running_engines)
+# In a forked child, the running engines forget the parent's connections (see _fork).
+_fork.watch(_running_engines)
 
 
 class _Run:
@@ -210,6 +213,9 @@ class WebsocketEngine:
         self._state = EngineState.IDLE
         self._session: Session | None = None
         self._run: _Run | None = None
+        # The parent's pid while this is a forked child's copy of a running engine (set by
+        # _fork, cleared by start()); send() then says so.
+        self._forked_from: int | None = None
 
     def __repr__(self) -> str:
         return f"<WebsocketEngine {self._display_url} {self._state.name}>"
@@ -248,6 +254,9 @@ class WebsocketEngine:
         that fails or times out leaves nothing behind: if ``on_open`` returns late, its
         connection is closed and no message is delivered.
 
+        In a child process forked while the engine ran, the engine is ``STOPPED`` and
+        ``start()`` opens a connection of the child's own.
+
         Raises:
             EngineStartError: dial, handshake or ``on_open`` failed or timed out
                 (the cause is ``__cause__``); no retry on a first start.
@@ -262,6 +271,7 @@ class WebsocketEngine:
             self._run = run
             self._state = EngineState.CONNECTING
             self._session = None
+            self._forked_from = None
         if previous is not None:
             # A stop that gave up on a stuck thread may leave it; it must not share the
             # adapter with the new connection.
@@ -394,12 +404,16 @@ class WebsocketEngine:
         """Send on the current session: TEXT for ``str``, BINARY for ``bytes``.
 
         Raises:
-            EngineStateError: no open session (also while ``on_open`` runs).
+            EngineStateError: no open session (also while ``on_open`` runs), or this is a
+                child process forked while the engine ran (the message says how to fix it).
             ConnectionClosedError: the connection closed meanwhile.
             TypeError: ``data`` is neither str nor bytes.
         """
         session = self._session
         if session is None or self._state is not EngineState.OPEN:
+            parent = self._forked_from
+            if parent is not None:
+                raise EngineStateError(_fork.forked_send_message(parent, self._display_url))
             raise EngineStateError(f"send() with no open session ({self._state.name})")
         session.send(data)
 

@@ -433,6 +433,33 @@ class WebsocketClientAdapter(ConnectionAdapter):
                     sock.shutdown(socket.SHUT_RDWR)
         self._teardown()
 
+    def forget_after_fork(self) -> None:
+        """Let go of the parent's connection in a child made by ``os.fork()``.
+
+        Closes this process's copies of the socket (and of a socket still in its opening
+        handshake) and of the wake-up pair; writes nothing and shuts nothing down, so the
+        parent's connection goes on. Then the adapter is as new: reads and writes raise
+        ``ConnectionClosedError``, ``dial`` opens a fresh connection. Called in the child's
+        only thread; takes none of the old locks, which a vanished thread may hold.
+        """
+        inherited = [self._sock, self._wake_r, self._wake_w]
+        inherited += [made.sock for made in self._dialing]
+        for sock in inherited:
+            if sock is not None:
+                # detach() lets go of the descriptor without closing or shutting down
+                # anything (an SSLSocket drops its TLS state unsent); close(2) alone ends
+                # nothing while the parent holds its own copy.
+                with contextlib.suppress(OSError):
+                    fd = sock.detach()
+                    if fd >= 0:
+                        socket.close(fd)
+        self._read_mutex = threading.Lock()
+        self._wait_mutex = threading.Lock()
+        self._write_mutex = threading.Lock()
+        self._state_mutex = threading.Lock()
+        self._dialing = []
+        self._reset(None, None)
+
     @property
     def last_received(self) -> float:
         """``time.monotonic()`` when bytes last arrived from the peer (any frame)."""
