@@ -34,7 +34,7 @@ from opentelemetry import trace
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import Status, StatusCode
 
-from wsengine import _fork
+from wsengine import _fork, _signals
 from wsengine._dispatch import Dispatcher, stuck_callbacks
 from wsengine._keepalive import Keepalive
 from wsengine._pause import PauseLock
@@ -382,20 +382,26 @@ class WebsocketEngine:
     def run_forever(self) -> None:
         """``start()``, then ``wait()``. Ctrl-C stops gracefully and returns normally.
 
+        Called from the main thread, SIGTERM does the same (close frame sent, normal
+        return): its handler is replaced while this runs, and the previous one put back on
+        return. From another thread, signal handlers are left alone.
+
         Raises:
             EngineStartError: as ``start()``.
             KeyboardInterrupt, SystemExit: a callback raised it (the engine stopped first).
         """
-        try:
-            self.start()
-            # Wait in slices: a signal the OS delivers to another thread only sets a flag,
-            # and the main thread runs Python signal handlers (Ctrl-C) when it wakes.
-            while not self.wait(SIGNAL_CHECK_INTERVAL):
-                pass
-        except KeyboardInterrupt:
-            logger.info("interrupted: stopping")
-            self.stop()
-            return
+        with _signals.sigterm_interrupts() as disarm:
+            try:
+                self.start()
+                # Wait in slices: a signal the OS delivers to another thread only sets a
+                # flag, and the main thread runs Python signal handlers when it wakes.
+                while not self.wait(SIGNAL_CHECK_INTERVAL):
+                    pass
+            except KeyboardInterrupt as interrupt:
+                disarm()  # a second SIGTERM must not cut the graceful stop short
+                logger.info("interrupted (%s): stopping", str(interrupt) or "Ctrl-C")
+                self.stop()
+                return
         run = self._run
         if run is not None and run.interrupt is not None:
             raise run.interrupt
