@@ -218,3 +218,42 @@ os.waitpid(pid, 0)
     assert process.returncode == 0, process.stderr
     assert process.stdout.strip() == "CHILD send() with no open session (IDLE)"
 
+
+
+def test_adapter_raising_in_forget_after_fork_does_not_spare_other_engines(
+    echo_server: WsServer,
+) -> None:
+    """An adapter whose forget_after_fork() raises still leaves its engine, and the
+    engines after it, STOPPED in the child."""
+    script = r'''
+import os, sys
+from wsengine import EngineStateError, WebsocketClient, WebsocketEngine
+from wsengine.adapters.websocket_client import WebsocketClientAdapter
+
+class Broken(WebsocketClientAdapter):
+    def forget_after_fork(self):
+        super().forget_after_fork()
+        raise RuntimeError("broken adapter")
+
+engines = [WebsocketEngine(sys.argv[1], WebsocketClient(), adapter=Broken()),
+           WebsocketEngine(sys.argv[1], WebsocketClient())]
+for engine in engines:
+    engine.start()
+sys.stdout.flush()
+pid = os.fork()
+if pid == 0:
+    for engine in engines:
+        try:
+            engine.send("x")
+        except EngineStateError as error:
+            print("CHILD", engine.state.name, "before os.fork()" in str(error), flush=True)
+    os._exit(0)
+os.waitpid(pid, 0)
+for engine in engines:
+    engine.stop()
+'''
+    process = subprocess.run([sys.executable, "-c", script, echo_server.url], cwd=ROOT,
+                             capture_output=True, text=True, timeout=SCRIPT_TIMEOUT)
+    assert process.returncode == 0, process.stderr
+    assert process.stdout.splitlines() == ["CHILD STOPPED True"] * 2, process.stderr
+    wait_for(lambda: [c.close_code for c in echo_server.connections] == [1000, 1000], 10)

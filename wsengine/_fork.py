@@ -31,6 +31,7 @@ runs before the fork or after it in the parent.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import weakref
@@ -82,11 +83,14 @@ def _forget(engine: WebsocketEngine, parent: int) -> None:
         if session is not None:
             # No lock: send() and request() read the flag first and raise.
             session._closed = True
-    engine._adapter.forget_after_fork()
     engine._session = None
     engine._run = None
     engine._state = EngineState.STOPPED
     engine._forked_from = parent
+    # Last, and guarded: an adapter of the user's that raises must not leave the engines
+    # after it running here. Nothing can be reported: logging could block (see above).
+    with contextlib.suppress(Exception):
+        engine._adapter.forget_after_fork()
 
 
 def forked_send_message(parent: int, display_url: str) -> str:
