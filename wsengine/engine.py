@@ -38,6 +38,7 @@ from opentelemetry import trace
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import Status, StatusCode
 
+from wsengine import _fork, _signals
 from wsengine._dispatch import Dispatcher, stuck_callbacks
 from wsengine._keepalive import Keepalive
 from wsengine._pause import PauseLock
@@ -117,6 +118,8 @@ def _stop_running_engines() -> None:
 
 
 atexit.register(_stop_running_engines)
+# In a forked child, the running engines forget the parent's connections (see _fork).
+_fork.watch(_running_engines)
 
 
 class _Run:
@@ -231,6 +234,9 @@ class WebsocketEngine:
         self._state = EngineState.IDLE
         self._session: Session | None = None
         self._run: _Run | None = None
+        # The parent's pid while this is a forked child's copy of a running engine (set by
+        # _fork, cleared by start()); send() then says so.
+        self._forked_from: int | None = None
 
     def __repr__(self) -> str:
         return f"<WebsocketEngine {self._display_url} {self._state.name}>"
@@ -269,6 +275,9 @@ class WebsocketEngine:
         that fails or times out leaves nothing behind: if ``on_open`` returns late, its
         connection is closed and no message is delivered.
 
+        In a child process forked while the engine ran, the engine is ``STOPPED`` and
+        ``start()`` opens a connection of the child's own.
+
         Raises:
             EngineStartError: dial, handshake or ``on_open`` failed or timed out
                 (the cause is ``__cause__``); no retry on a first start.
@@ -283,6 +292,7 @@ class WebsocketEngine:
             self._run = run
             self._state = EngineState.CONNECTING
             self._session = None
+            self._forked_from = None
         if previous is not None and not self._fence(previous):
             self._finish_run(run)
             raise EngineStartError(
@@ -433,20 +443,26 @@ class WebsocketEngine:
     def run_forever(self) -> None:
         """``start()``, then ``wait()``. Ctrl-C stops gracefully and returns normally.
 
+        Called from the main thread, SIGTERM does the same (close frame sent, normal
+        return): its handler is replaced while this runs, and the previous one put back on
+        return. From another thread, signal handlers are left alone.
+
         Raises:
             EngineStartError: as ``start()``.
             KeyboardInterrupt, SystemExit: a callback raised it (the engine stopped first).
         """
-        try:
-            self.start()
-            # Wait in slices: a signal the OS delivers to another thread only sets a flag,
-            # and the main thread runs Python signal handlers (Ctrl-C) when it wakes.
-            while not self.wait(SIGNAL_CHECK_INTERVAL):
-                pass
-        except KeyboardInterrupt:
-            logger.info("interrupted: stopping")
-            self.stop()
-            return
+        with _signals.sigterm_interrupts() as disarm:
+            try:
+                self.start()
+                # Wait in slices: a signal the OS delivers to another thread only sets a
+                # flag, and the main thread runs Python signal handlers when it wakes.
+                while not self.wait(SIGNAL_CHECK_INTERVAL):
+                    pass
+            except KeyboardInterrupt as interrupt:
+                disarm()  # a second SIGTERM must not cut the graceful stop short
+                logger.info("interrupted (%s): stopping", str(interrupt) or "Ctrl-C")
+                self.stop()
+                return
         run = self._run
         if run is not None and run.interrupt is not None:
             raise run.interrupt
@@ -463,11 +479,15 @@ class WebsocketEngine:
             EngineStateError: no open session: ``CONNECTING`` (also while ``on_open``
                 runs), ``RECONNECTING``, ``CLOSING``, ``STOPPED``, or the session closed
                 during the call (the ``ConnectionClosedError`` is chained as
-                ``__cause__``).
+                ``__cause__``), or this is a child process forked while the engine ran
+                (the message says how to fix it).
             TypeError: ``data`` is neither str nor bytes.
         """
         session = self._session
         if session is None or self._state is not EngineState.OPEN:
+            parent = self._forked_from
+            if parent is not None:
+                raise EngineStateError(_fork.forked_send_message(parent, self._display_url))
             raise EngineStateError(f"send() with no open session ({self._state.name})")
         try:
             session.send(data)

@@ -218,6 +218,15 @@ class DialGuard:
             _shutdown(sock)
 
 
+    def forget_after_fork(self) -> None:
+        """In a forked child: close this process's copies of the dial's sockets, without
+        shutdown (which would cut the parent's dial) and without taking the lock."""
+        for sock in [*self._sockets, *(find() for find in self._lazy)]:
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.close()
+
+
 def _shutdown(sock: socket.socket) -> None:
     # socket.socket.shutdown even for an SSLSocket: SSLSocket.shutdown drops the SSL
     # object, which the dialing thread may be using right now.

@@ -898,10 +898,13 @@ class DrivenAdapter(ConnectionAdapter):
 
     def forget_after_fork(self) -> None:
         """In a forked child: drop the inherited connection without writing to it."""
-        with self._dial_mutex:
-            driver, self._driver = self._driver, _NOT_CONNECTED
-            self._dial_guard = None
+        # No lock is taken: a parent thread may have held it at the fork, forever here.
+        self._dial_mutex = threading.Lock()
+        driver, self._driver = self._driver, _NOT_CONNECTED
+        guard, self._dial_guard = self._dial_guard, None
         driver.forget_after_fork()
+        if guard is not None:
+            guard.forget_after_fork()
 
     @property
     def last_received(self) -> float:

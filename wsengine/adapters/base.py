@@ -36,6 +36,10 @@ class ConnectionAdapter(ABC):
     - ``dial`` SHOULD raise :class:`~wsengine.errors.HandshakeError` (with ``status`` and
       ``retry_after``) when the server answers the handshake with an HTTP error, so the
       engine can tell fatal refusals (4xx) from transient ones.
+    - ``forget_after_fork`` MUST, in a child process made by ``os.fork()``, let go of the
+      parent's connection without a byte on the wire and without ``shutdown()``, and
+      leave the adapter ready for a new ``dial``. The default does nothing, which is
+      right only for an adapter that keeps no socket or lock of its own.
 
     The three methods after the abstract ones form the engine's fast path. Their defaults
     are built on ``read``; an adapter that can wait on a socket overrides them.
@@ -97,6 +101,26 @@ class ConnectionAdapter(ABC):
     @abstractmethod
     def underlying(self) -> object:
         """The library's own connection object, for what the adapter does not expose."""
+
+    def forget_after_fork(self) -> None:
+        """Forget the connection inherited from the parent, in a child made by ``os.fork()``.
+
+        The engine calls it in the child right after the fork, in the child's only thread,
+        for an engine that was running in the parent. The connection still belongs to the
+        parent, which goes on using it. An implementation MUST:
+
+        - close the child's copies of the connection's file descriptors (socket, wake-up
+          pipes) with ``close()`` alone: no close frame, no TLS ``close_notify``, and no
+          ``shutdown()``, which would end the TCP connection for the parent as well;
+        - replace its locks (a thread of the parent may have held one at the fork; that
+          thread does not exist in the child, so the lock would stay held forever);
+        - drop its per-connection state, so that ``read``, ``write`` and ``ping`` raise
+          ``ConnectionClosedError`` and ``dial`` opens a fresh connection;
+        - not block, log, or take a lock that existed before the fork.
+
+        Default: no-op (for an adapter that holds no socket or lock of its own).
+        """
+        return None
 
     def wait_readable(self, timeout: float | None) -> bool:
         """Block until ``read_available`` may have something, ``timeout`` passes, or

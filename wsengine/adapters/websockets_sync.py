@@ -615,6 +615,28 @@ class WebsocketsAdapter(ConnectionAdapter):
         if conn is not None:
             self._teardown(conn, aborted=True)
 
+    def forget_after_fork(self) -> None:
+        """Let go of the parent's connection in a child made by ``os.fork()``.
+
+        Closes this process's copies of the socket and of websockets' shutdown pair;
+        writes nothing and shuts nothing down (websockets' ``close_socket`` would), so the
+        parent's connection goes on. Then the adapter is as new: reads and writes raise
+        ``ConnectionClosedError``, ``dial`` opens a fresh connection. Called in the child's
+        only thread; takes none of the old locks, which a vanished thread may hold.
+        """
+        conn, self._conn = self._conn, None
+        self._read_mutex = threading.Lock()
+        if conn is None:
+            return
+        for sock in (conn.socket, conn.shutdown_watcher, conn.shutdown_notifier):
+            # detach() lets go of the descriptor without closing or shutting down anything
+            # (TLS through a proxy delegates it to the socket under it); close(2) alone
+            # ends nothing while the parent holds its own copy.
+            with contextlib.suppress(OSError):
+                fd = sock.detach()
+                if fd >= 0:
+                    socket.close(fd)
+
     @property
     def last_received(self) -> float:
         """``time.monotonic()`` when the last frame from the peer arrived (any frame)."""
