@@ -125,7 +125,8 @@ def test_bad_option_values_are_config_errors(options: dict[str, Any]) -> None:
 
 
 def test_dial_starts_no_thread(adapter: WebsocketsAdapter) -> None:
-    """No background thread per connection: the driver works on the callers' threads."""
+    """No background thread per connection: the driver works on the callers' threads.
+    Nagle is off, as in websockets' own client."""
 
     def hello(conn: RawConnection) -> None:
         conn.send_frame(0x1, b"hello")
@@ -137,8 +138,11 @@ def test_dial_starts_no_thread(adapter: WebsocketsAdapter) -> None:
         assert adapter.read(5) == Message(TEXT, "hello")
         new = [t.name for t in set(threading.enumerate()) - before
                if not t.name.startswith("test-")]
+        sock = adapter._driver._sock  # the driver's socket: white-box, for TCP_NODELAY only
+        nodelay = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
         adapter.abort()
     assert new == []
+    assert nodelay != 0
     response = adapter.underlying
     assert isinstance(response, Response)
     assert response.status_code == 101

@@ -223,6 +223,9 @@ class WebsocketsAdapter(DrivenAdapter):
             sock = socket.create_connection((uri.host, uri.port), _remaining(deadline))
             opened.append(sock)
             guard.register(sock)
+            # As websockets' and websocket-client's own clients: a small frame goes out at
+            # once, not after the ACK of the previous one.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if uri.secure:
                 sock.settimeout(_remaining(deadline))
                 context = self._ssl or ssl.create_default_context()
