@@ -10,7 +10,11 @@ adapters legitimately differ, the test says so and checks each documented behavi
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
+import os
+import random
+import select
 import socket
 import ssl
 import struct
@@ -30,6 +34,8 @@ from tests.conftest import TlsMaterial
 from tests.support.rawserver import RawConnection, RawServer, accept_key
 from tests.support.rawserver import encode_frame as server_frame
 from tests.support.servers import WsServer, echo_handler, run_ws_server, wait_for
+from tests.test_reliability import Recorder, fast, stop_and_check
+from wsengine import CloseMessage, EngineState, WebsocketEngine
 from wsengine.adapters.base import ConnectionAdapter
 from wsengine.adapters.websocket_client import WebsocketClientAdapter
 from wsengine.adapters.websockets_sync import WebsocketsAdapter
@@ -359,9 +365,9 @@ def test_redirect_is_followed(echo_server: WsServer, adapter: ConnectionAdapter)
 def test_redirect_loop_is_a_handshake_error(
     kind: AdapterKind, make_adapter: AdapterFactory
 ) -> None:
-    """Redirects are followed up to the adapter's limit (websocket-client: 3; websockets:
-    9, as it makes 10 requests at most), then the dial fails with
-    HandshakeError(status=None) (A11)."""
+    """Redirects are followed up to the adapter's default limit (websocket-client: 3;
+    websockets: 9, as websockets' own client, which makes 10 requests at most), then the
+    dial fails with HandshakeError(status=None) (A11)."""
     marker = f"loop-{time.monotonic_ns()}"
     hops: list[str | None] = []
     urls: list[str] = []
@@ -1122,3 +1128,295 @@ def test_a_reader_by_hand_is_served_while_the_engine_waits(adapter: ConnectionAd
         adapter.wake_reader()
         thread.join(5)
         assert not thread.is_alive()
+
+
+# -- regressions under load and stalls (issue 16) -------------------------------------------
+
+MIB = 2**20
+
+
+def read_all(
+    adapter: ConnectionAdapter, count: int, deadline: float, out: list[Message]
+) -> Callable[[], None]:
+    """A reader loop for a thread: ``count`` messages into ``out`` before ``deadline``."""
+
+    def run() -> None:
+        while len(out) < count and time.monotonic() < deadline:
+            message = adapter.read(0.5)
+            if message is not None:
+                out.append(message)
+
+    return run
+
+
+def test_one_thread_sending_200_mib_to_an_echo_server_gets_all_back(
+    make_adapter: AdapterFactory,
+) -> None:
+    """Issue 16 defect 3, RELIABILITY E3: 200 x 1 MiB sent by one thread while another
+    reads all come back intact and in order, within a deadline; the keepalive's pings
+    keep being answered meanwhile (the pong is not stuck behind the load)."""
+    count = 200
+    # No compression: the load is in bytes on the wire, windows filling up.
+    with run_ws_server(echo_handler, compression=None) as server:
+        conn = make_adapter()
+        conn.dial(server.url, 5)
+        deadline = time.monotonic() + 45
+        received: list[Message] = []
+        reader = start_thread(read_all(conn, count, deadline, received), "reader")
+        errors: list[BaseException] = []
+        pongs: list[float] = []
+        sending = threading.Event()
+        sending.set()
+
+        def ping_while_sending() -> None:
+            # The keepalive's view: each ping sent while the load runs.
+            while sending.is_set() and time.monotonic() < deadline:
+                try:
+                    conn.ping()
+                except ConnectionClosedError:
+                    return
+                pongs.append(float(getattr(conn, "last_pong", 0.0)))
+                reader.join(0.1)
+
+        pinger = start_thread(ping_while_sending, "pinger")
+        filler = b"\xa5" * (MIB - 8)
+        try:
+            for seq in range(count):
+                conn.write(struct.pack("!Q", seq) + filler)
+        except BaseException as error:
+            errors.append(error)
+        reader.join(max(0.0, deadline - time.monotonic()) + 1)
+        sending.clear()
+        pinger.join(5)
+        alive = reader.is_alive()
+        conn.abort()
+        reader.join(5)
+    assert errors == []
+    assert not alive, f"deadlock: {len(received)} of {count} echoed in time"
+    assert len(received) == count
+    for seq, message in enumerate(received):
+        assert message.type is BINARY
+        assert message.data == struct.pack("!Q", seq) + filler
+    # Pongs kept coming while the load ran: last_pong moved more than once.
+    assert len(set(pongs)) >= 3
+
+
+def test_eight_threads_sending_up_to_1_mib_to_an_echo_server_get_all_back(
+    make_adapter: AdapterFactory,
+) -> None:
+    """Issue 16 defect 3, RELIABILITY E3: 8 threads x 10 rounds of 1 B-1 MiB messages
+    come back intact, each thread's in order, with no deadlock."""
+    threads_count, rounds = 8, 10
+    rng = random.Random(16)
+    sizes = [[rng.randint(1, MIB) for _ in range(rounds)] for _ in range(threads_count)]
+
+    def payload(index: int, seq: int) -> bytes:
+        size = sizes[index][seq]
+        head = struct.pack("!BB", index, seq)[:size]
+        return head + bytes([(index * rounds + seq) & 0xFF]) * (size - len(head))
+
+    # No compression: the load is in bytes on the wire, windows filling up.
+    with run_ws_server(echo_handler, compression=None) as server:
+        conn = make_adapter()
+        conn.dial(server.url, 5)
+        deadline = time.monotonic() + 40
+        received: list[Message] = []
+        total = threads_count * rounds
+        reader = start_thread(read_all(conn, total, deadline, received), "reader")
+        errors: list[BaseException] = []
+
+        def writer(index: int) -> Callable[[], None]:
+            def run() -> None:
+                try:
+                    for seq in range(rounds):
+                        conn.write(payload(index, seq))
+                except BaseException as error:
+                    errors.append(error)
+
+            return run
+
+        writers = [start_thread(writer(i), f"writer-{i}") for i in range(threads_count)]
+        for thread in writers:
+            thread.join(max(0.0, deadline - time.monotonic()) + 1)
+        reader.join(max(0.0, deadline - time.monotonic()) + 1)
+        stuck = [t.name for t in [*writers, reader] if t.is_alive()]
+        conn.abort()
+        for thread in [*writers, reader]:
+            thread.join(5)
+    assert errors == []
+    assert stuck == [], f"deadlock: {len(received)} of {total} echoed in time"
+    by_thread: dict[int, list[int]] = {i: [] for i in range(threads_count)}
+    for message in received:
+        data = message.data
+        assert isinstance(data, bytes)
+        if len(data) == 1:
+            # Too short for a header: find the one message it can be.
+            matches = [(i, s) for i in range(threads_count) for s in range(rounds)
+                       if sizes[i][s] == 1 and payload(i, s) == data]
+            assert matches
+            continue
+        index, seq = data[0], data[1]
+        assert data == payload(index, seq)
+        by_thread[index].append(seq)
+    assert len(received) == total
+    for index, seqs in by_thread.items():
+        expected = [s for s in range(rounds) if sizes[index][s] > 1]
+        assert seqs == expected
+
+
+def test_reading_goes_on_while_a_write_is_blocked(adapter: ConnectionAdapter) -> None:
+    """Issue 16 defect 3, the cause, made deterministic: with a writer blocked on a peer
+    that does not read, the reader still gets the message the peer sends meanwhile (a
+    library holding one mutex across its sendall and its reads deadlocks an echo server
+    under load; on loopback the load tests above hit it only now and then)."""
+    send_now = threading.Event()
+    release = threading.Event()
+    outcome: list[BaseException | None] = []
+
+    def not_reading(conn: RawConnection) -> None:
+        send_now.wait(10)
+        # The write's bytes are arriving: the writer is in its send (64 MiB cannot fit in
+        # the socket buffers), holding whatever it holds while it sends.
+        select.select([conn.sock], [], [], 10)
+        conn.send_frame(0x1, b"while you write")
+        release.wait(10)
+
+    def writer() -> None:
+        try:
+            adapter.write(b"\x00" * (64 * MIB))
+            outcome.append(None)
+        except BaseException as error:
+            outcome.append(error)
+
+    with RawServer(not_reading) as server:
+        try:
+            adapter.dial(server.url, 5)
+            thread = start_thread(writer, "blocked-writer")
+            wait_for(lambda: inside(thread, "write"))
+            send_now.set()
+            started = time.monotonic()
+            assert adapter.read(5) == Message(TEXT, "while you write")
+            assert time.monotonic() - started < 2
+            assert thread.is_alive()  # still blocked: the peer reads nothing
+        finally:
+            adapter.abort()
+            release.set()
+        thread.join(5)
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], ConnectionClosedError)
+
+
+def test_peer_stalling_mid_frame_is_1006_within_the_keepalive(kind: AdapterKind) -> None:
+    """Issue 16 defect 4, RELIABILITY E4: a peer that sends half a frame and then stays
+    silent, TCP open, is declared dead (1006) within ping_interval + ping_timeout: bytes of
+    a partial frame are no sign of life."""
+    release = threading.Event()
+    half_sent = threading.Event()
+    half_frame = server_frame(0x2, b"z" * 1000)[:500]
+
+    def stall(conn: RawConnection) -> None:
+        conn.send_raw(half_frame)
+        half_sent.set()
+        release.wait(15)
+
+    client = Recorder()
+    config = fast(ping_interval=0.5, ping_timeout=0.5, auto_reconnect=False)
+    with RawServer(stall) as server:
+        engine = WebsocketEngine(server.url, client, adapter=kind.build(), config=config)
+        try:
+            engine.start()
+            assert half_sent.wait(5)
+            started = time.monotonic()
+            client.wait_count("close", 1, timeout=6)
+            took = time.monotonic() - started
+        finally:
+            release.set()
+            stop_and_check(engine)
+    close = client.details("close")[0]
+    assert isinstance(close, CloseMessage)
+    assert close.code == 1006
+    assert client.messages == []
+    # 0.5 + 0.5, plus scheduling slack on a loaded machine.
+    assert took < 1.0 + 1.0
+
+
+def open_fds() -> int | None:
+    """File descriptors this process holds (None where /proc is not available)."""
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return None
+
+
+def test_stop_during_a_slow_handshake_then_start_is_never_served_by_the_old_dial(
+    kind: AdapterKind,
+) -> None:
+    """Issue 16 defect 9, RELIABILITY E9: stop() while the server holds its 101 back, then
+    start() again. The old server answers (101 and a message) once the new dial is under
+    way: the new session gets only the new connection's message, no spurious close, and
+    no socket is left open."""
+    old_requested = threading.Event()
+    new_requested = threading.Event()
+    old_answered = threading.Event()
+    old_outcome: list[bool] = []
+
+    def script(conn: RawConnection) -> None:
+        headers = conn.read_request()
+        response = (
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Accept: "
+            + accept_key(headers.get("sec-websocket-key", "")).encode()
+            + b"\r\n\r\n"
+        )
+        if not old_requested.is_set():
+            old_requested.set()
+            new_requested.wait(10)
+            # OSError: the old dial was cut, nobody listens any more.
+            with contextlib.suppress(OSError):
+                conn.send_raw(response + server_frame(0x1, b"from the old connection"))
+            old_answered.set()
+            old_outcome.append(conn.wait_eof(10))
+            return
+        new_requested.set()
+        old_answered.wait(10)
+        conn.send_raw(response + server_frame(0x1, b"from the new connection"))
+        conn.wait_eof(10)
+
+    client = Recorder()
+    config = fast(open_timeout=10.0, auto_reconnect=False)
+    fds_before = open_fds()
+    with RawServer(script, handshake=False) as server:
+        engine = WebsocketEngine(server.url, client, adapter=kind.build(), config=config)
+        first_start: list[BaseException] = []
+
+        def start_first() -> None:
+            try:
+                engine.start()
+            except BaseException as error:
+                first_start.append(error)
+
+        starter = start_thread(start_first, "first-start")
+        try:
+            assert old_requested.wait(5)
+            began = time.monotonic()
+            engine.stop(timeout=0.2)
+            assert time.monotonic() - began < 0.2 + 1.5
+            starter.join(5)
+            assert not starter.is_alive()
+            assert len(first_start) == 1
+            engine.start()
+            client.wait_count("message", 1, timeout=5)
+            assert old_answered.wait(5)
+            # Anything the old connection could still bring would come now.
+            with pytest.raises(AssertionError):
+                client.wait_until(lambda: len(client.events) > 2, timeout=0.5)
+            assert engine.state is EngineState.OPEN
+        finally:
+            stop_and_check(engine)
+    assert client.names() == ["open", "message", "close"]
+    assert client.messages == [Message(TEXT, "from the new connection")]
+    # The old connection's socket was closed by the client (EOF seen by the server).
+    assert old_outcome == [True]
+    fds_after = open_fds()
+    if fds_before is not None and fds_after is not None:
+        assert fds_after <= fds_before

@@ -18,7 +18,9 @@ from tests.support.rawserver import encode_frame as server_frame
 from tests.support.servers import WsServer, echo_handler, run_ws_server
 from wsengine._deflate import DeflateOffer, PerMessageDeflate, compression_offer, negotiate
 from wsengine._protocol import ClientProtocol, FrameError
+from wsengine.adapters.base import ConnectionAdapter
 from wsengine.adapters.websocket_client import WebsocketClientAdapter
+from wsengine.adapters.websockets_sync import WebsocketsAdapter
 from wsengine.errors import ConfigError, HandshakeError, ProtocolError
 from wsengine.types import Message, MessageType
 
@@ -72,10 +74,12 @@ def test_a_mapping_offers_its_parameters() -> None:
         ({"server_max_window_bits": True}, "server_max_window_bits"),
     ],
 )
-def test_bad_compression_is_a_config_error_naming_it(compression: Any, named: str) -> None:
+def test_bad_compression_is_a_config_error_naming_it(
+    compression: Any, named: str, adapter_class: Any
+) -> None:
     """A bad key or value is a ConfigError that names it, at construction."""
     with pytest.raises(ConfigError, match=named):
-        WebsocketClientAdapter(compression=compression)
+        adapter_class(compression=compression)
 
 
 # -- the negotiation -----------------------------------------------------------------------
@@ -233,6 +237,15 @@ def test_extension_decode_is_bounded_by_what_max_size_leaves() -> None:
 # -- against a real server ------------------------------------------------------------------
 
 
+ADAPTERS = [WebsocketClientAdapter, WebsocketsAdapter]
+
+
+@pytest.fixture(params=ADAPTERS, ids=["websocket-client", "websockets"])
+def adapter_class(request: pytest.FixtureRequest) -> type[ConnectionAdapter]:
+    """Each shipped adapter class in turn."""
+    return request.param  # type: ignore[no-any-return]
+
+
 @pytest.fixture
 def compressing_server() -> Any:
     """A websockets echo server that negotiates permessage-deflate (its default)."""
@@ -249,9 +262,11 @@ def compressing_server() -> Any:
     ],
     ids=["default", "no-context-takeover", "small-windows"],
 )
-def test_messages_round_trip_compressed(compressing_server: WsServer, compression: Any) -> None:
+def test_messages_round_trip_compressed(
+    compressing_server: WsServer, compression: Any, adapter_class: Any
+) -> None:
     """With compression negotiated, text and binary of every size come back intact."""
-    adapter = WebsocketClientAdapter(compression=compression)
+    adapter = adapter_class(compression=compression)
     try:
         response = adapter.dial(compressing_server.url, 5)
         assert "permessage-deflate" in response.headers["Sec-WebSocket-Extensions"]
@@ -266,9 +281,9 @@ def test_messages_round_trip_compressed(compressing_server: WsServer, compressio
         adapter.abort()
 
 
-def test_no_compression_sends_no_offer(compressing_server: WsServer) -> None:
+def test_no_compression_sends_no_offer(compressing_server: WsServer, adapter_class: Any) -> None:
     """compression=None: the request carries no Sec-WebSocket-Extensions."""
-    adapter = WebsocketClientAdapter(compression=None)
+    adapter = adapter_class(compression=None)
     try:
         response = adapter.dial(compressing_server.url, 5)
         assert "Sec-WebSocket-Extensions" not in response.headers
@@ -282,7 +297,7 @@ def test_no_compression_sends_no_offer(compressing_server: WsServer) -> None:
         adapter.abort()
 
 
-def test_e15_against_a_raw_server_the_bomb_is_a_1009_close() -> None:
+def test_e15_against_a_raw_server_the_bomb_is_a_1009_close(adapter_class: Any) -> None:
     """E15 on the wire: the server negotiates deflate and sends a bomb; the client answers
     with close 1009 and read() raises ProtocolError(1009)."""
     seen: dict[str, object] = {}
@@ -297,7 +312,7 @@ def test_e15_against_a_raw_server_the_bomb_is_a_1009_close() -> None:
 
     header = b"Sec-WebSocket-Extensions: permessage-deflate\r\n"
     with RawServer(script, extra_headers=header) as raw:
-        adapter = WebsocketClientAdapter()
+        adapter = adapter_class()
         try:
             adapter.dial(raw.url, 5)
             with pytest.raises(ProtocolError) as info:
@@ -308,3 +323,17 @@ def test_e15_against_a_raw_server_the_bomb_is_a_1009_close() -> None:
             assert isinstance(close, tuple) and close[0] == 1009
         finally:
             adapter.abort()
+
+
+def test_an_incompressible_message_of_max_size_is_accepted() -> None:
+    """A message of exactly max_size that deflate made a little longer is accepted: the
+    frame header check allows deflate's overhead, the inflated size is what counts."""
+    data = os.urandom(2**20)
+    payload = deflate(data)
+    assert len(payload) > len(data)
+    protocol = ClientProtocol(2**20, PerMessageDeflate())
+    protocol.receive_data(server_frame(0x2, payload, rsv=0x4))
+    out: list[Message] = []
+    protocol.read_messages(out, 10)
+    assert protocol.failure is None
+    assert out == [Message(MessageType.BINARY, data)]

@@ -379,7 +379,8 @@ def test_backpressure_bounds_the_queue_and_loses_nothing() -> None:
 
     client = Blocked()
     config = EngineConfig(workers=1, queue_size=8, ping_interval=None)
-    with run_ws_server(burst) as server:
+    # No compression: the point is bytes that fill the socket buffers.
+    with run_ws_server(burst, compression=None) as server:
         engine = WebsocketEngine(server.url, client, config=config)
         engine.start()
         try:

@@ -684,7 +684,9 @@ def test_b22_stop_aborts_a_send_blocked_by_a_peer_that_does_not_read(
                 outcome.append(None)
 
     client = Sender()
-    with run_ws_server(echo_handler) as server, FaultProxy(server.port) as proxy:
+    # No compression: 50 MiB of zeros must stay 50 MiB on the wire.
+    with run_ws_server(echo_handler, compression=None) as server, \
+            FaultProxy(server.port) as proxy:
         proxy_box.append(proxy)
         engine = WebsocketEngine(proxy.url, client, config=config)
         engine.start()

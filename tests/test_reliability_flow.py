@@ -6,6 +6,7 @@ extension nobody offered fails the handshake (issue 16, defects 1, 2, 5 and 10).
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -54,7 +55,7 @@ def test_e1_server_pings_during_blocked_large_sends_do_not_wedge(
         def send_all() -> None:
             try:
                 for index in range(count):
-                    engine.send(index.to_bytes(4, "big") + bytes(2**20 - 4))
+                    engine.send(index.to_bytes(4, "big") + os.urandom(2**20 - 4))
             except BaseException as error:  # recorded for the test
                 sent.append(error)
             else:

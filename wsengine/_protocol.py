@@ -460,8 +460,10 @@ class FrameParser:
                 start += 8
             if self._max_size is not None:
                 if rsv or self._frag_ext:
-                    # Compressed: the extension bounds the decoded size as it decodes.
-                    too_big = length > self._max_size
+                    # Compressed: the extension bounds the decoded size as it decodes; the
+                    # frame itself may exceed it by deflate's overhead on data that does
+                    # not compress (a few bytes per 16 KiB block).
+                    too_big = length > self._max_size + (self._max_size >> 6) + 1024
                 else:
                     too_big = self._frag_size + length > self._max_size
                 if too_big:
