@@ -771,10 +771,13 @@ class DrivenAdapter(ConnectionAdapter):
             TimeoutError: the handshake timed out.
             OSError: the TCP or TLS connection failed (``ssl.SSLError`` for TLS).
         """
-        self.abort()
         guard = DialGuard()
+        # The guard is in place before anything else: an abort() from now on cuts this
+        # dial, whichever step it is at.
         with self._dial_mutex:
             self._dial_guard = guard
+            previous = self._driver
+        previous.abort()
         extra = dict(headers or {})
         offer = self._deflate_offer
         if offer is not None:
@@ -785,31 +788,35 @@ class DrivenAdapter(ConnectionAdapter):
                 lambda target, cross: self._handshake(target, timeout, extra, cross, guard),
                 self._redirect_limit,
             )
-        finally:
+        except BaseException:
+            self._forget_guard(guard)
+            raise
+        try:
+            extension = self._negotiate(handshake)
+            # One critical section with abort(): either abort() saw this guard (and the
+            # connection is thrown away here) or it will see this driver.
             with self._dial_mutex:
                 if self._dial_guard is guard:
                     self._dial_guard = None
-        try:
-            extension = self._negotiate(handshake)
-        except BaseException:
-            handshake.sock.close()
-            raise
-        with self._dial_mutex:
-            if not guard.aborted:
-                try:
-                    driver = SocketDriver(
+                if not guard.aborted:
+                    self._driver = SocketDriver(
                         handshake.sock,
                         ClientProtocol(self._max_size, extension),
                         handshake.leftover,
                     )
-                except BaseException:
-                    handshake.sock.close()
-                    raise
-                self._driver = driver
-                return handshake.response
-        # abort() came after the handshake: nobody wants this connection any more.
+                    return handshake.response
+        except BaseException:
+            self._forget_guard(guard)
+            handshake.sock.close()
+            raise
+        # abort() came during the handshake: nobody wants this connection any more.
         handshake.sock.close()
         raise DialAborted("the dial was aborted")
+
+    def _forget_guard(self, guard: DialGuard) -> None:
+        with self._dial_mutex:
+            if self._dial_guard is guard:
+                self._dial_guard = None
 
     def _negotiate(self, handshake: Handshake) -> Extension | None:
         """The extension the server's answer agreed to, checked against the offer.
@@ -890,10 +897,12 @@ class DrivenAdapter(ConnectionAdapter):
         progress is cut, and a handshake that completes anyway is thrown away.
         """
         with self._dial_mutex:
+            # Under the mutex, so a dial finishing now either sees its guard aborted or
+            # has already installed the driver taken here. guard.abort() never blocks.
             guard = self._dial_guard
+            if guard is not None:
+                guard.abort()
             driver = self._driver
-        if guard is not None:
-            guard.abort()
         driver.abort()
 
     def forget_after_fork(self) -> None:
