@@ -644,9 +644,11 @@ class ClientProtocol:
         discarded: list[Message] = []
         while self.failure is None and self.close_rcvd is None:
             self.read_messages(discarded, 1 << 30)
-            if not discarded:
-                return
             discarded.clear()
+            # A call that discarded nothing may still have stopped at its control-frame
+            # budget (a ping flood before the peer's close): go on while whole frames wait.
+            if not self._parser.has_frame():
+                return
 
     def _receive_close(self) -> None:
         close = self._parser.close
