@@ -91,5 +91,8 @@ def drain(protocol: ClientProtocol) -> list[Message]:
     out: list[Message] = []
     protocol.read_messages(out, 1 << 30)
     while protocol.has_frame():
+        before = protocol.buffered
         protocol.read_messages(out, 1 << 30)
+        # has_frame() promises progress: fail here rather than spin until the timeout.
+        assert protocol.buffered < before or not protocol.has_frame(), "no progress"
     return out

@@ -16,6 +16,7 @@ from wsengine._protocol import OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, O
 from wsengine.types import Message, MessageType
 
 __all__ = [
+    "BAD_CLOSE_CODES",
     "CLOSE_CODES",
     "Stream",
     "any_frames",
@@ -28,6 +29,9 @@ __all__ = [
 #: Close codes a server may send (both sides accept them; 1014 is left to the
 #: differential test, where wsproto refuses it).
 CLOSE_CODES = [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 3000, 4999]
+
+#: Codes a server may not send, and 1014, which wsproto refuses.
+BAD_CLOSE_CODES = [0, 999, 1004, 1005, 1006, 1014, 1015, 1016, 2999, 5000, 65535]
 
 #: Payload sizes: mostly small, with the 7/16/64-bit length boundaries now and then.
 SIZES = st.one_of(
@@ -148,34 +152,47 @@ def mutated_streams(draw: st.DrawFn) -> bytes:
 def any_frames(draw: st.DrawFn) -> bytes:
     """Frames with every field drawn, valid or not: any opcode, FIN, RSV bits, mask bit,
     control frames over 125 bytes, close frames with any code or a bad reason, text that
-    is or is not UTF-8, lengths written in a longer encoding than needed."""
+    is or is not UTF-8, lengths written in a longer encoding than needed; maybe cut short.
+
+    Most frames follow on from the ones before (a continuation while a message is open, a
+    new message otherwise), so that the stream gets past its first frames and the rarer
+    errors (bad UTF-8, bad close frames) are reached.
+    """
     parts = []
+    in_message = False
     for _ in range(draw(st.integers(1, 8))):
-        opcode = draw(
-            st.one_of(
-                st.sampled_from([OP_CONT, OP_TEXT, OP_BINARY, OP_PING, OP_PONG, OP_CLOSE]),
-                st.integers(0, 15),
+        if draw(st.integers(0, 9)) == 0:
+            opcode = draw(st.integers(0, 15))
+        elif in_message:
+            opcode = draw(st.sampled_from([OP_CONT] * 3 + [OP_TEXT, OP_PING, OP_PONG, OP_CLOSE]))
+        else:
+            opcode = draw(
+                st.sampled_from([OP_TEXT] * 3 + [OP_BINARY, OP_PING, OP_PONG, OP_CLOSE, OP_CONT])
             )
-        )
-        fin = draw(st.booleans()) if opcode < 8 else draw(st.sampled_from([True] * 7 + [False]))
-        rsv = draw(st.sampled_from([0] * 12 + [1, 2, 4]))
-        mask = draw(st.sampled_from([False] * 12 + [True]))
-        if opcode == OP_CLOSE and draw(st.booleans()):
-            code = draw(st.one_of(st.sampled_from([*CLOSE_CODES, 1014]), st.integers(0, 65535)))
+        fin = draw(st.sampled_from([True] * 7 + [False]) if opcode >= 8 else st.booleans())
+        if opcode in (OP_TEXT, OP_BINARY, OP_CONT):
+            in_message = not fin
+        rsv = draw(st.sampled_from([0] * 15 + [1, 2, 4]))
+        mask = draw(st.sampled_from([False] * 15 + [True]))
+        if opcode == OP_CLOSE and draw(st.integers(0, 3)):
+            codes = st.sampled_from(CLOSE_CODES + BAD_CLOSE_CODES)
+            code = draw(st.one_of(codes, st.integers(0, 65535)))
             reason = draw(st.one_of(st.text(max_size=10).map(str.encode), st.binary(max_size=10)))
             payload = struct.pack("!H", code) + reason
-        elif opcode == OP_TEXT or (opcode == OP_CONT and draw(st.booleans())):
+        elif opcode in (OP_TEXT, OP_CONT):
             payload = draw(
                 st.one_of(
                     st.text(max_size=20).map(str.encode),
+                    st.text(max_size=20).map(str.encode),
                     st.binary(max_size=20),
+                    # A character cut short: valid in a fragment, not at a message's end.
                     st.text(min_size=1, max_size=4).map(lambda t: t.encode()[:-1]),
                 )
             )
         else:
             payload = draw(st.one_of(st.binary(max_size=20), st.binary(min_size=120, max_size=130)))
         frame = server_frame(opcode, payload, fin=fin, rsv=rsv, mask=mask)
-        if draw(st.sampled_from([False] * 12 + [True])):
+        if draw(st.sampled_from([False] * 15 + [True])):
             # The same length in a longer encoding (RFC 6455 5.2 asks senders for the
             # shortest one).
             wide = draw(st.booleans())
@@ -184,7 +201,10 @@ def any_frames(draw: st.DrawFn) -> bytes:
             tail = len(payload) + (4 if mask else 0)  # the masking key and the payload
             frame = header + frame[len(frame) - tail :]
         parts.append(frame)
-    return b"".join(parts)
+    data = b"".join(parts)
+    if draw(st.integers(0, 3)) == 0:
+        data = data[: draw(st.integers(0, len(data)))]
+    return data
 
 
 def chunked(data: bytes) -> st.SearchStrategy[list[bytes]]:
