@@ -7,9 +7,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tests.support.rawserver import encode_frame as server_frame
 from tests.support.wsframes import ClientFrame, drain, parse_client_frames
+from tests.support.wsstreams import chunked, split
 from wsengine._protocol import (
     OP_BINARY,
     OP_CLOSE,
@@ -237,3 +240,46 @@ def test_control_frames_never_go_through_the_extension() -> None:
         (0, OP_CLOSE, b"\x03\xe8bye"),
     ]
     assert extension.encoded == []
+
+
+@given(
+    messages=st.lists(
+        st.tuples(
+            st.booleans(), st.binary(max_size=300), st.lists(st.integers(0, 300), max_size=3)
+        ),
+        max_size=6,
+    ),
+    data=st.data(),
+)
+def test_extension_messages_survive_any_chunking(
+    messages: list[tuple[bool, bytes, list[int]]], data: st.DataObject
+) -> None:
+    """Messages with and without RSV1, fragmented anywhere, with pings between
+    fragments, give the same messages whole or in any chunks; each fragment of an RSV1
+    message is decoded on its own."""
+    frames = []
+    expected = []
+    for extended, payload, cuts in messages:
+        fragments = split(payload, cuts)
+        for index, fragment in enumerate(fragments):
+            first = index == 0
+            frames.append(
+                server_frame(
+                    OP_BINARY if first else OP_CONT,
+                    fragment[::-1] if extended else fragment,
+                    fin=index == len(fragments) - 1,
+                    rsv=RSV1 if extended and first else 0,
+                )
+            )
+            if data.draw(st.booleans(), label="ping"):
+                frames.append(server_frame(OP_PING, b"p"))
+        expected.append(Message(BINARY, payload))
+    stream = b"".join(frames)
+    for chunks in ([stream], data.draw(chunked(stream), label="chunks")):
+        protocol = ClientProtocol(max_size=None, extension=Reverse())
+        got: list[Message] = []
+        for chunk in chunks:
+            protocol.receive_data(chunk)
+            got += drain(protocol)
+        assert got == expected
+        assert protocol.failure is None
