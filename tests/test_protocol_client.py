@@ -276,6 +276,19 @@ def test_close_reason_is_cut_to_fit_a_control_frame() -> None:
     assert frame.close == (1000, "é" * 61)
 
 
+def test_close_reason_with_a_lone_surrogate_is_sent_with_a_replacement() -> None:
+    """A reason UTF-8 cannot carry (a lone surrogate, as from a bad decode) still gives a
+    close frame, with "?" in its place, instead of raising UnicodeEncodeError and leaving
+    the driver to drop TCP without a close handshake.
+
+    Regression: send_close raised UnicodeEncodeError and queued nothing.
+    """
+    protocol = ClientProtocol()
+    assert protocol.send_close(1001, "bad \ud800 reason") is True
+    assert protocol.close_sent == CloseMessage(1001, "bad ? reason")
+    assert [f.close for f in sent(protocol)] == [(1001, "bad ? reason")]
+
+
 @pytest.mark.parametrize("method", ["send_text", "send_binary", "send_ping"])
 def test_sending_after_our_close_raises(method: str) -> None:
     """No data frame (or ping) may follow our close frame: ConnectionClosedError with our
