@@ -22,7 +22,7 @@ from wsengine.engine import _running_engines
 THREAD_DEADLINE = 2.0
 
 # Property tests are derandomized and keep no example database, so that every run tries
-# the same examples (no flaky failures, nothing written to .hypothesis/); no deadline, as
+# the same examples (no flaky failures, no replay of another run's finds); no deadline, as
 # the machine's load varies. Set HYPOTHESIS_PROFILE=explore for a longer random search.
 settings.register_profile(
     "wsengine",
