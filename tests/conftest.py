@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import os
 import ssl
 import threading
 import time
@@ -12,12 +13,30 @@ from dataclasses import dataclass
 
 import pytest
 import trustme
+from hypothesis import HealthCheck, settings
 
 from tests.support.servers import WsServer, echo_handler, run_ws_server
 from wsengine.engine import _running_engines
 
 #: Seconds a test's engine threads get to end after the test before it fails.
 THREAD_DEADLINE = 2.0
+
+# Property tests are derandomized and keep no example database, so that every run tries
+# the same examples (no flaky failures, no replay of another run's finds); no deadline, as
+# the machine's load varies. Set HYPOTHESIS_PROFILE=explore for a longer random search.
+settings.register_profile(
+    "wsengine",
+    derandomize=True,
+    database=None,
+    deadline=None,
+    max_examples=200,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile(
+    "explore", derandomize=False, database=None, deadline=None, max_examples=5000
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "wsengine"))
 
 
 @pytest.fixture

@@ -651,9 +651,11 @@ class ClientProtocol:
         discarded: list[Message] = []
         while self.failure is None and self.close_rcvd is None:
             self.read_messages(discarded, 1 << 30)
-            if not discarded:
-                return
             discarded.clear()
+            # A call that discarded nothing may still have stopped at its control-frame
+            # budget (a ping flood before the peer's close): go on while whole frames wait.
+            if not self._parser.has_frame():
+                return
 
     def _receive_close(self) -> None:
         close = self._parser.close
@@ -709,6 +711,11 @@ class ClientProtocol:
     def send_close(self, code: int = 1000, reason: str = "") -> bool:
         """Queue a close frame (see :meth:`data_to_send`) unless one was queued already.
 
+        Args:
+            code: the close code; it must be legal on the wire.
+            reason: cut to 123 bytes of UTF-8 at a character boundary; characters UTF-8
+                cannot carry (lone surrogates) are sent as "?".
+
         Returns:
             True if this call queued it.
 
@@ -719,7 +726,9 @@ class ClientProtocol:
             raise ConfigError(f"close code {code!r} may not be sent on the wire")
         if self.close_sent is not None or self.state is State.CLOSED:
             return False
-        reason = truncate_close_reason(reason)
+        # A str may hold lone surrogates, which UTF-8 cannot carry: send "?" for them
+        # rather than fail the close (truncate_close_reason measures it the same way).
+        reason = truncate_close_reason(reason.encode("utf-8", "replace").decode("utf-8"))
         self._queue_close(code, reason, CloseMessage(code, reason))
         self.state = State.CLOSING
         return True
