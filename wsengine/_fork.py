@@ -82,7 +82,7 @@ def _forget(engine: WebsocketEngine, parent: int) -> None:
     for session in sessions:
         if session is not None:
             # No lock: send() and request() read the flag first and raise.
-            session._closed = True
+            session._core.closed = True
     engine._session = None
     engine._run = None
     engine._state = EngineState.STOPPED

@@ -393,7 +393,7 @@ class WebsocketEngine:
                 # than wait for it to give up.
                 run.conn.abort()
             if session is not None:
-                session.end(SessionEnd(EndKind.STOP))
+                session._core.end(SessionEnd(EndKind.STOP))
             if threading.current_thread() in run.threads:
                 return
             if limit is None:
@@ -574,9 +574,9 @@ class WebsocketEngine:
             SPAN_SESSION, attributes={**attributes, "wsengine.session.id": session.id}
         )
         session_ctx = trace.set_span_in_context(span)
-        session.span = span
-        session.otel_ctx = session_ctx
-        session.count_sent = self._telemetry.count_sent
+        session._core.span = span
+        session._core.otel_ctx = session_ctx
+        session._core.count_sent = self._telemetry.count_sent
         try:
             self._in_session(
                 run, session, "on_open", self._client.on_open, session, response, restarting
@@ -602,14 +602,14 @@ class WebsocketEngine:
             # Nobody is told it is open: close it (a no-op if the lease was revoked).
             self._close_quietly(session, 1001, "start() timed out")
             _release(session)
-            session.span.end()
+            session._core.span.end()
             return None
         self._telemetry.connection_opened(1)
         if restarting:
             self._telemetry.count_reconnect()
         if stopping:
-            session.end(SessionEnd(EndKind.STOP))
-        if not session.ended.is_set():
+            session._core.end(SessionEnd(EndKind.STOP))
+        if not session._core.ended.is_set():
             self._start_workers(run, session, session_ctx)
         return session
 
@@ -632,21 +632,21 @@ class WebsocketEngine:
         # Forget the threads of sessions that ended, or a long run's set grows with every
         # reconnect (seen by the soak test: 4.5 KiB per reconnect).
         run.threads.difference_update([t for t in list(run.threads) if not t.is_alive()])
-        early, session._early = session._early, []
+        early, session._core.early = session._core.early, []
         # Returns once every worker thread runs, so that the bookkeeping below sees them all.
         dispatcher.start(early)
         run.threads.update(dispatcher.threads)
-        session._worker_idents = frozenset(t.ident for t in dispatcher.threads if t.ident)
-        session._serving = True
+        session._core.worker_idents = frozenset(t.ident for t in dispatcher.threads if t.ident)
+        session._core.serving = True
 
     def _fail_open(self, session: Session, error: BaseException) -> None:
         """on_open raised: the connection goes with a 1011 (best effort)."""
-        session.end(SessionEnd(EndKind.LOST, CloseMessage(1011, "on_open failed")))
-        session.mark_closed()
+        session._core.end(SessionEnd(EndKind.LOST, CloseMessage(1011, "on_open failed")))
+        session._core.mark_closed()
         self._close_quietly(session, 1011, "on_open failed")
         _release(session)
-        mark_error(session.span, error)
-        session.span.end()
+        mark_error(session._core.span, error)
+        session._core.span.end()
 
     def _close_quietly(self, session: Session, code: int, reason: str) -> None:
         try:
@@ -667,7 +667,7 @@ class WebsocketEngine:
         interval = self._config.ping_interval
         timeout = self._config.ping_timeout
         if interval is None or timeout is None:
-            session.ended.wait()
+            session._core.ended.wait()
         else:
             keepalive = Keepalive(
                 session.conn, interval, timeout,
@@ -675,10 +675,10 @@ class WebsocketEngine:
                 reading=lambda: run.dispatcher is not None and run.dispatcher.waiting_for_data,
                 rtt=self._telemetry.record_rtt,
             )
-            if keepalive.watch(session.ended):
-                session.end(SessionEnd(EndKind.LOST, CloseMessage(1006, "keepalive timeout")))
+            if keepalive.watch(session._core.ended):
+                session._core.end(SessionEnd(EndKind.LOST, CloseMessage(1006, "keepalive timeout")))
                 session.conn.abort()
-        end = session.end_reason
+        end = session._core.end_reason
         assert end is not None
         return end
 
@@ -707,7 +707,7 @@ class WebsocketEngine:
                 )
         run.dispatcher = None
         # No worker reads any more: a request() from on_close reads the connection itself.
-        session._serving = False
+        session._core.serving = False
         answer = self._in_session(
             run, session, "on_close", self._client.on_close, session, end.close
         )
@@ -734,7 +734,7 @@ class WebsocketEngine:
                 self._in_session(
                     run, session, "on_close_error", self._client.on_close_error, error
                 )
-        session.mark_closed()
+        session._core.mark_closed()
         # The session's view of the adapter goes with it: a worker or user thread that
         # still holds session.conn cannot reach the next session's connection.
         _release(session)
@@ -743,7 +743,7 @@ class WebsocketEngine:
                 self._session = None
             run.session = None
         self._telemetry.connection_opened(-1)
-        span = session.span
+        span = session._core.span
         if end.close is not None and span.is_recording():
             span.set_attribute("wsengine.close.code", end.close.code)
             if end.close.reason:
@@ -757,7 +757,7 @@ class WebsocketEngine:
         """Reconnect when the policy says so; None when the engine stops."""
         if not self._reconnects_after(run, end):
             return None
-        if time.monotonic() - previous.opened_at >= self._config.reconnect_reset_after:
+        if time.monotonic() - previous._core.opened_at >= self._config.reconnect_reset_after:
             run.attempt = 0
         return self._reconnect(run)
 
@@ -822,15 +822,15 @@ class WebsocketEngine:
         inside.
         """
         on_message = self._client.on_message
-        requests = session._requests  # mutated in place, never rebound
-        offer = session.offer
+        requests = session._core.requests  # mutated in place, never rebound
+        offer = session._core.offer
         telemetry = self._telemetry
         duration = telemetry.callback_duration
         attributes = telemetry.callback_attributes("on_message")
 
-        if session.span.is_recording():
+        if session._core.span.is_recording():
             start_span = telemetry.tracer.start_span
-            session_ctx = session.otel_ctx
+            session_ctx = session._core.otel_ctx
             callback_name = SPAN_CALLBACK_PREFIX + "on_message"
 
             def deliver_traced(message: Message) -> None:
@@ -903,7 +903,7 @@ class WebsocketEngine:
 
     @staticmethod
     def _lost(session: Session, error: ConnectionClosedError) -> None:
-        session.end(SessionEnd(EndKind.LOST, CloseMessage(error.code, error.reason)))
+        session._core.end(SessionEnd(EndKind.LOST, CloseMessage(error.code, error.reason)))
 
     def _read_error(self, run: _Run, session: Session, error: Exception) -> None:
         self._in_session(run, session, "on_read_error", self._client.on_read_error, session,
@@ -912,7 +912,7 @@ class WebsocketEngine:
     def _in_session(self, run: _Run, session: Session, name: str,
                     function: Callable[..., object], *args: object) -> object:
         """Run a callback with the session's span as parent (see ``_call``)."""
-        ctx = session.otel_ctx
+        ctx = session._core.otel_ctx
         token = otel_context.attach(ctx) if ctx is not None else None
         try:
             return self._call(run, name, function, *args, reraise=name == "on_open")

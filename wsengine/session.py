@@ -250,6 +250,89 @@ class _PendingRequest:
         self.answered = threading.Event()
 
 
+class _SessionCore:
+    """The engine's side of a :class:`Session`: how it ends, its requests, its span.
+
+    Kept apart so that a session's public surface is exactly the contract's (``id``,
+    ``conn``, ``pause_lock``, ``send``, ``restart``, ``exit``, ``closed``, ``request``).
+    The supervisor and the workers use this object; users never need it.
+    """
+
+    def __init__(self, session: Session, on_end: Callable[[Session, SessionEnd], None]) -> None:
+        self._session = session
+        self._on_end = on_end
+        self.opened_at = time.monotonic()
+        # Guards end (the first end wins); held for a few statements by whoever ends it.
+        self._end_lock = threading.Lock()
+        self.end_reason: SessionEnd | None = None
+        # Set once with end_reason; the supervisor waits on it while the session runs.
+        self.ended = threading.Event()
+        self.closed = False
+        # Pending request() calls, scanned by workers before on_message. Mutated in place
+        # (workers keep a reference) under requests_lock; requesters and workers take it.
+        self.requests: list[_PendingRequest] = []
+        self.requests_lock = threading.Lock()
+        # Messages read by request() during on_open (no worker reads yet): delivered first.
+        self.early: list[Message] = []
+        # Set by the engine once workers read for this session; before that, request()
+        # reads the connection itself.
+        self.serving = False
+        self.worker_idents: frozenset[int] = frozenset()
+        # The engine's span for this connection and the context that makes it current.
+        self.span: trace.Span = trace.INVALID_SPAN
+        self.otel_ctx: otel_context.Context | None = None
+        # Counts a sent message (the engine's messages-sent counter).
+        self.count_sent: Callable[[int], None] = _ignore
+
+    def offer(self, message: Message) -> bool:
+        """Give ``message`` to the first pending request it matches; True if taken."""
+        with self.requests_lock:
+            for pending in self.requests:
+                if pending.answered.is_set():
+                    continue
+                try:
+                    matched = pending.match(message)
+                except Exception:
+                    logger.exception("a request() match function raised; message not matched")
+                    continue
+                if matched:
+                    pending.message = message
+                    pending.answered.set()
+                    return True
+        return False
+
+    def end(self, how: SessionEnd) -> bool:
+        """Record how the session ends (the first call wins) and tell the engine.
+
+        Returns:
+            True if this call ended the session.
+        """
+        with self._end_lock:
+            if self.end_reason is not None:
+                return False
+            self.end_reason = how
+        self.ended.set()
+        self._on_end(self._session, how)
+        return True
+
+    def mark_closed(self) -> None:
+        """Refuse new sends and requests; fail the pending requests."""
+        with self.requests_lock:
+            self.closed = True
+            error = ConnectionClosedError(self.closed_code(), "session closed")
+            for pending in self.requests:
+                if not pending.answered.is_set():
+                    pending.error = error
+                    pending.answered.set()
+
+    def closed_code(self) -> int:
+        """The code a send on the closed session reports."""
+        end = self.end_reason
+        if end is not None and end.close is not None:
+            return end.close.code
+        return 1000 if end is not None and end.kind is not EndKind.LOST else 1006
+
+
 class Session:
     """One connection: created by the engine for each (re)connection.
 
@@ -274,37 +357,15 @@ class Session:
         self.id = session_id
         self.conn = conn
         self.pause_lock = pause_lock
-        self.opened_at = time.monotonic()
-        self._on_end = on_end
-        # Guards _end (the first end wins); held for a few statements by whoever ends it.
-        self._end_lock = threading.Lock()
-        self._end: SessionEnd | None = None
-        # Set once with _end; the engine's supervisor waits on it while the session runs.
-        self.ended = threading.Event()
-        self._closed = False
-        # Pending request() calls, scanned by workers before on_message. Mutated in place
-        # (workers keep a reference) under _requests_lock; requesters and workers take it.
-        self._requests: list[_PendingRequest] = []
-        self._requests_lock = threading.Lock()
-        # Messages read by request() during on_open (no worker reads yet): delivered first.
-        self._early: list[Message] = []
-        # Set by the engine once workers read for this session; before that, request()
-        # reads the connection itself.
-        self._serving = False
-        self._worker_idents: frozenset[int] = frozenset()
-        # The engine's span for this connection and the context that makes it current.
-        self.span: trace.Span = trace.INVALID_SPAN
-        self.otel_ctx: otel_context.Context | None = None
-        # Counts a sent message (the engine's messages-sent counter).
-        self.count_sent: Callable[[int], None] = _ignore
+        self._core = _SessionCore(self, on_end)
 
     def __repr__(self) -> str:
-        return f"<Session {self.id} {'closed' if self._closed else 'open'}>"
+        return f"<Session {self.id} {'closed' if self._core.closed else 'open'}>"
 
     @property
     def closed(self) -> bool:
         """True once the connection is closed (or its closing has begun)."""
-        return self._closed
+        return self._core.closed
 
     def send(self, data: str | bytes) -> None:
         """Send a TEXT (``str``) or BINARY (``bytes``) message. Thread-safe; blocks until
@@ -316,22 +377,23 @@ class Session:
         """
         if not isinstance(data, str | bytes | bytearray | memoryview):
             raise TypeError(f"send() takes str or bytes, not {type(data).__name__}")
-        if self._closed:
-            raise ConnectionClosedError(self._closed_code(), "session closed")
+        core = self._core
+        if core.closed:
+            raise ConnectionClosedError(core.closed_code(), "session closed")
         self.conn.write(data)
-        self.count_sent(1)
+        core.count_sent(1)
 
     def restart(self) -> None:
         """Close this connection (1001 unless ``on_close`` says otherwise) and reconnect.
 
         Does not block; idempotent; a no-op once the session has ended.
         """
-        self.end(SessionEnd(EndKind.RESTART))
+        self._core.end(SessionEnd(EndKind.RESTART))
 
     def exit(self) -> None:
         """Close this connection (1000 unless ``on_close`` says otherwise) and stop the
         engine for good. Does not block; idempotent."""
-        self.end(SessionEnd(EndKind.EXIT))
+        self._core.end(SessionEnd(EndKind.EXIT))
 
     def request(self, data: str | bytes, match: MatchFunction, timeout: float) -> Message:
         """Send ``data``, then return the first message of this session that ``match``
@@ -354,39 +416,41 @@ class Session:
             raise ConfigError(f"request() timeout must be a positive number, got {timeout!r}")
         if not callable(match):
             raise TypeError("request() match must be callable")
-        if self._serving and self._worker_idents == {threading.get_ident()}:
+        core = self._core
+        if core.serving and core.worker_idents == {threading.get_ident()}:
             raise EngineStateError(
                 "request() from on_message with workers=1 would wait for itself; "
                 "use more workers or send() and answer in on_message"
             )
         pending = _PendingRequest(match)
-        with self._requests_lock:
-            if self._closed:
-                raise ConnectionClosedError(self._closed_code(), "session closed")
-            self._requests.append(pending)
+        with core.requests_lock:
+            if core.closed:
+                raise ConnectionClosedError(core.closed_code(), "session closed")
+            core.requests.append(pending)
         try:
             self.send(data)
-            if not self._serving:
+            if not core.serving:
                 return self._read_for(pending, timeout)
             if not pending.answered.wait(timeout):
                 raise TimeoutError(f"no matching message within {timeout} s")
             return self._answer(pending)
         finally:
-            with self._requests_lock:
-                if pending in self._requests:
-                    self._requests.remove(pending)
+            with core.requests_lock:
+                if pending in core.requests:
+                    core.requests.remove(pending)
 
     def _read_for(self, pending: _PendingRequest, timeout: float) -> Message:
         """Read the connection ourselves until ``pending`` is answered (on_open only)."""
         deadline = time.monotonic() + timeout
+        core = self._core
         while not pending.answered.is_set():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError(f"no matching message within {timeout} s")
             with self.pause_lock:
                 message = self.conn.read(remaining)
-            if message is not None and not self.offer(message):
-                self._early.append(message)
+            if message is not None and not core.offer(message):
+                core.early.append(message)
         return self._answer(pending)
 
     @staticmethod
@@ -395,55 +459,3 @@ class Session:
             raise pending.error
         assert pending.message is not None
         return pending.message
-
-    def offer(self, message: Message) -> bool:
-        """Give ``message`` to the first pending request it matches; True if taken."""
-        with self._requests_lock:
-            for pending in self._requests:
-                if pending.answered.is_set():
-                    continue
-                try:
-                    matched = pending.match(message)
-                except Exception:
-                    logger.exception("a request() match function raised; message not matched")
-                    continue
-                if matched:
-                    pending.message = message
-                    pending.answered.set()
-                    return True
-        return False
-
-    def end(self, how: SessionEnd) -> bool:
-        """Record how the session ends (the first call wins) and tell the engine.
-
-        Returns:
-            True if this call ended the session.
-        """
-        with self._end_lock:
-            if self._end is not None:
-                return False
-            self._end = how
-        self.ended.set()
-        self._on_end(self, how)
-        return True
-
-    @property
-    def end_reason(self) -> SessionEnd | None:
-        """How the session ended, once it has."""
-        return self._end
-
-    def mark_closed(self) -> None:
-        """Refuse new sends and requests; fail the pending requests."""
-        with self._requests_lock:
-            self._closed = True
-            error = ConnectionClosedError(self._closed_code(), "session closed")
-            for pending in self._requests:
-                if not pending.answered.is_set():
-                    pending.error = error
-                    pending.answered.set()
-
-    def _closed_code(self) -> int:
-        end = self._end
-        if end is not None and end.close is not None:
-            return end.close.code
-        return 1000 if end is not None and end.kind is not EndKind.LOST else 1006
