@@ -47,16 +47,21 @@ import threading
 import time
 from collections.abc import Callable, Iterable, MutableMapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
+from opentelemetry import trace
 
 from wsengine._pause import PauseLock, engine_acquire, engine_release
 from wsengine.adapters.base import ConnectionAdapter
 from wsengine.errors import ConnectionClosedError
+from wsengine.telemetry import SPAN_CALLBACK_PREFIX, SPAN_RECEIVE, Telemetry, mark_error
 from wsengine.types import Message
 
-__all__ = ["Dispatcher"]
+if TYPE_CHECKING:
+    from wsengine.session import Session
+
+__all__ = ["Dispatcher", "make_deliver", "stuck_callbacks"]
 
 logger = logging.getLogger("wsengine")
 
@@ -482,3 +487,93 @@ def stuck_callbacks(threads: Iterable[threading.Thread]) -> list[str]:
 CALLBACK_NAMES = frozenset({
     "on_open", "on_message", "on_read_error", "on_close", "on_close_error", "on_restart_error",
 })
+
+
+def make_deliver(
+    session: Session,
+    on_message: Callable[[Session, Message], None],
+    telemetry: Telemetry,
+    interrupted: Callable[[str, BaseException], None],
+) -> Callable[[Message], None]:
+    """The per-message function the workers call: the hot path, in three variants.
+
+    Plain: no span and no clock per message (nothing records). Timed: the meter records,
+    so on_message is timed. Traced: the session's span records (sampled), so each
+    message gets a ``wsengine.receive`` span with ``wsengine.callback.on_message``
+    inside. A message a pending ``request()`` matches goes to it instead. What
+    ``on_message`` raises is logged with its traceback; KeyboardInterrupt and
+    SystemExit go to ``interrupted``, which stops the run.
+    """
+    requests = session._core.requests  # mutated in place, never rebound
+    offer = session._core.offer
+    duration = telemetry.callback_duration
+    attributes = telemetry.callback_attributes("on_message")
+
+    if session._core.span.is_recording():
+        start_span = telemetry.tracer.start_span
+        session_ctx = session._core.otel_ctx
+        callback_name = SPAN_CALLBACK_PREFIX + "on_message"
+
+        def deliver_traced(message: Message) -> None:
+            # Two SDK spans per message cost most of the time here, so they are made
+            # without start_as_current_span's layers: the receive span is the explicit
+            # parent, and only the callback's span is attached (made current).
+            receive = start_span(
+                SPAN_RECEIVE,
+                context=session_ctx,
+                attributes={
+                    "wsengine.message.type": message.type.name,
+                    "wsengine.message.size": len(message.data),
+                },
+            )
+            try:
+                if requests and offer(message):
+                    return
+                span = start_span(callback_name, context=trace.set_span_in_context(receive))
+                token = otel_context.attach(trace.set_span_in_context(span))
+                started = time.perf_counter()
+                try:
+                    on_message(session, message)
+                except Exception as error:
+                    mark_error(span, error)
+                    logger.exception("on_message raised; the engine goes on")
+                except BaseException as error:
+                    mark_error(span, error)
+                    interrupted("on_message", error)
+                finally:
+                    otel_context.detach(token)
+                    span.end()
+                    duration.record(time.perf_counter() - started, attributes)
+            finally:
+                receive.end()
+
+        return deliver_traced
+
+    if telemetry.metrics_live:
+
+        def deliver_timed(message: Message) -> None:
+            if requests and offer(message):
+                return
+            started = time.perf_counter()
+            try:
+                on_message(session, message)
+            except Exception:
+                logger.exception("on_message raised; the engine goes on")
+            except BaseException as error:
+                interrupted("on_message", error)
+            finally:
+                duration.record(time.perf_counter() - started, attributes)
+
+        return deliver_timed
+
+    def deliver(message: Message) -> None:
+        if requests and offer(message):
+            return
+        try:
+            on_message(session, message)
+        except Exception:
+            logger.exception("on_message raised; the engine goes on")
+        except BaseException as error:
+            interrupted("on_message", error)
+
+    return deliver
