@@ -162,7 +162,11 @@ class Supervisor:
             return None
         try:
             with self._telemetry.operation(SPAN_DIAL, attributes):
-                response = self.conn.dial(url, self._config.open_timeout)
+                headers = self._engine._resolve_headers()
+                if headers:
+                    response = self.conn.dial(url, self._config.open_timeout, headers=headers)
+                else:
+                    response = self.conn.dial(url, self._config.open_timeout)
         finally:
             with self._state_lock:
                 self.dialing = False

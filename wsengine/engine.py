@@ -24,11 +24,12 @@ from __future__ import annotations
 import atexit
 import logging
 import math
+import re
 import threading
 import time
 import warnings
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeoutError
 from types import TracebackType
@@ -64,12 +65,18 @@ from wsengine.types import (
     EngineState,
 )
 
-__all__ = ["UrlSource", "WebsocketEngine"]
+__all__ = ["HeadersSource", "UrlSource", "WebsocketEngine"]
 
 logger = logging.getLogger("wsengine")
 
 #: A URL, or a function returning one, called before every dial (fresh tokens).
 UrlSource = str | Callable[[], str]
+
+#: Extra handshake headers, or a function returning them, called before every dial.
+HeadersSource = Mapping[str, str] | Callable[[], Mapping[str, str]]
+
+# A header name is an RFC 9110 token.
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 #: Seconds between wake-ups of ``run_forever()``'s wait, so Ctrl-C is acted on promptly.
 SIGNAL_CHECK_INTERVAL = 0.25
@@ -112,6 +119,11 @@ class WebsocketEngine:
         url: ``ws://`` or ``wss://`` URL with a host, or a callable returning one, called
             before every dial.
         client: the callbacks.
+        headers: extra headers for the opening handshake (a mapping), or a callable
+            returning them, called before every dial, after ``url`` when that is callable
+            too: fresh tokens on every reconnect. Header values never appear in errors,
+            logs or spans. Passed to the adapter as ``dial(url, timeout, headers=...)``,
+            and only when there are some, so an adapter written for 0.1 keeps working.
         adapter: the websocket library to use; default ``WebsocketClientAdapter()``.
         config: default ``EngineConfig()``.
         tracer_provider: OpenTelemetry tracer provider; default the global one.
@@ -130,6 +142,7 @@ class WebsocketEngine:
         url: UrlSource,
         client: WebsocketClient,
         *,
+        headers: HeadersSource | None = None,
         adapter: ConnectionAdapter | None = None,
         config: EngineConfig | None = None,
         tracer_provider: trace.TracerProvider | None = None,
@@ -142,6 +155,9 @@ class WebsocketEngine:
         else:
             self._url_source = validate_url(url)
             self._display_url = redact_url(self._url_source)
+        if headers is not None and not callable(headers):
+            headers = _check_headers(headers)
+        self._headers_source: HeadersSource | None = headers
         if not isinstance(client, WebsocketClient):
             raise ConfigError(f"client must be a WebsocketClient, got {type(client).__name__}")
         if adapter is None:
@@ -512,6 +528,19 @@ class WebsocketEngine:
             return validate_url(source())
         return source
 
+    def _resolve_headers(self) -> dict[str, str] | None:
+        """The extra headers for the next dial, or None when there are none.
+
+        Raises:
+            ConfigError: the headers callable returned something that is not a mapping of
+                valid header names to str values (the values are not shown).
+        """
+        source = self._headers_source
+        if source is None:
+            return None
+        headers = _check_headers(source() if callable(source) else source)
+        return headers or None
+
     def _target_attributes(self, url: str | None = None) -> dict[str, AttributeValue]:
         if url is None:
             source = self._url_source
@@ -542,6 +571,23 @@ def _default_name(url: str) -> str:
     path = urlsplit(url).path or "/"
     shown = f"[{host}]" if ":" in host else host
     return f"{scheme}://{shown}:{port}{path}"
+
+
+def _check_headers(headers: object) -> dict[str, str]:
+    """``headers`` as a dict, checked: names are tokens, values are str without CR, LF or
+    NUL. Errors name the header, never its value (it may be a token)."""
+    if not isinstance(headers, Mapping):
+        raise ConfigError(
+            f"headers must be a mapping or a callable returning one, got {type(headers).__name__}"
+        )
+    checked: dict[str, str] = {}
+    for name, value in headers.items():
+        if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
+            raise ConfigError(f"headers: {name!r} is not a valid header name")
+        if not isinstance(value, str) or any(c in value for c in "\r\n\0"):
+            raise ConfigError(f"headers: the value of {name} must be a str without CR, LF or NUL")
+        checked[name] = value
+    return checked
 
 
 def _check_timeout(name: str, value: float | None, default: float | None) -> float | None:

@@ -10,7 +10,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -160,8 +160,13 @@ class LeasedConnection(ConnectionAdapter):
         finally:
             lease.leave()
 
-    def dial(self, url: str, timeout: float | None, **kwargs: Any) -> HandshakeResponse:
-        return self._call(self._adapter.dial, url, timeout, **kwargs)
+    def dial(
+        self, url: str, timeout: float | None, headers: Mapping[str, str] | None = None
+    ) -> HandshakeResponse:
+        # The keyword goes on only when given: an adapter written for 0.1 lacks it.
+        if headers is None:
+            return self._call(self._adapter.dial, url, timeout)
+        return self._call(self._adapter.dial, url, timeout, headers=headers)
 
     def read(self, timeout: float | None = None) -> Message | None:
         return self._call(self._adapter.read, timeout)

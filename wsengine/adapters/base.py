@@ -46,10 +46,15 @@ class ConnectionAdapter(ABC):
     """
 
     @abstractmethod
-    def dial(self, url: str, timeout: float | None) -> HandshakeResponse:
+    def dial(
+        self, url: str, timeout: float | None, headers: Mapping[str, str] | None = None
+    ) -> HandshakeResponse:
         """Open the connection and complete the opening handshake.
 
         Blocks the calling thread for at most about ``timeout`` seconds (None: no limit).
+        ``headers`` are extra request headers for this dial (the engine's ``headers=``);
+        the engine passes the keyword only when there are some, so an adapter written
+        for 0.1, whose ``dial`` does not take it, keeps working without them.
 
         Raises:
             HandshakeError: the server answered with an HTTP error or a bad handshake.

@@ -10,12 +10,14 @@ ends in a truncated UTF-8 sequence.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping
 from typing import Any, Final, cast
 
 import websocket
 
+from wsengine._url import redact_url
 from wsengine.adapters._dial import (
     REDIRECT_LIMIT,
     REDIRECT_STATUSES,
@@ -38,6 +40,44 @@ _RESERVED_OPTIONS: Final = frozenset(
 )
 # websocket-client's message for a proxy that refused the CONNECT tunnel.
 _PROXY_STATUS: Final = re.compile(r"failed CONNECT via proxy status: (\d{3})")
+
+
+# Header names whose values are safe to log: they carry no credential.
+_LOGGABLE_HEADERS: Final = frozenset({
+    "host", "upgrade", "connection", "sec-websocket-version", "sec-websocket-protocol",
+    "sec-websocket-extensions", "content-length", "content-type", "date", "server",
+})
+_HEADER_LINE: Final = re.compile(r"^([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*(.*)$")
+_REQUEST_LINE: Final = re.compile(r"^(GET|CONNECT) (\S+)( HTTP/\S+)$")
+
+
+class _NoSecretsFilter(logging.Filter):
+    """websocket-client's trace (``websocket.enableTrace(True)``) dumps whole handshakes:
+    this filter, on its ``websocket`` logger, keeps header names and drops the values of
+    every header not known to be harmless (Authorization, Cookie, the engine's
+    ``headers=``, ...), and redacts the request target's credentials and query values."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if ":" not in message and " " not in message:
+            return True
+        lines = []
+        for line in message.split("\n"):
+            header = _HEADER_LINE.match(line.rstrip("\r"))
+            request = _REQUEST_LINE.match(line.rstrip("\r"))
+            if header and header.group(1).lower() not in _LOGGABLE_HEADERS:
+                line = f"{header.group(1)}: [value not logged]"
+            elif request:
+                target = request.group(2)
+                shown = redact_url(f"ws://host{target}")[len("ws://host"):] if (
+                    target.startswith("/")) else "[target not logged]"
+                line = f"{request.group(1)} {shown}{request.group(3)}"
+            lines.append(line)
+        record.msg, record.args = "\n".join(lines), None
+        return True
+
+
+logging.getLogger("websocket").addFilter(_NoSecretsFilter())
 
 
 def _dial_error(error: websocket.WebSocketException) -> Exception:
