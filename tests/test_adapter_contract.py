@@ -33,8 +33,8 @@ from websockets.sync.server import ServerConnection
 from tests.conftest import TlsMaterial
 from tests.support.rawserver import RawConnection, RawServer, accept_key
 from tests.support.rawserver import encode_frame as server_frame
+from tests.support.recorder import Recorder, fast, stop_and_check
 from tests.support.servers import WsServer, echo_handler, run_ws_server, wait_for
-from tests.test_reliability import Recorder, fast, stop_and_check
 from wsengine import CloseMessage, EngineState, WebsocketEngine
 from wsengine.adapters.base import ConnectionAdapter
 from wsengine.adapters.websocket_client import WebsocketClientAdapter

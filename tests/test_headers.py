@@ -14,8 +14,8 @@ import websocket
 from websockets.http11 import Request, Response
 from websockets.sync.server import ServerConnection
 
+from tests.support.recorder import Recorder, fast, stop_and_check, wait_open
 from tests.support.servers import echo_handler, run_ws_server, wait_for
-from tests.test_reliability import Recorder, fast, stop_and_check, wait_open
 from wsengine import ConfigError, EngineStartError, WebsocketEngine
 from wsengine.adapters.websocket_client import WebsocketClientAdapter
 from wsengine.adapters.websockets_sync import WebsocketsAdapter

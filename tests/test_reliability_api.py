@@ -20,8 +20,7 @@ from websockets.http11 import Request, Response
 from websockets.sync.server import ServerConnection
 
 from tests.support.rawserver import RawConnection, RawServer
-from tests.support.servers import WsServer, echo_handler, run_ws_server, wait_for
-from tests.test_reliability import (
+from tests.support.recorder import (
     FAST,
     Recorder,
     _no_engine_left_running,  # noqa: F401 (autouse)
@@ -30,6 +29,7 @@ from tests.test_reliability import (
     stop_and_check,
     wait_open,
 )
+from tests.support.servers import WsServer, echo_handler, run_ws_server, wait_for
 from wsengine import (
     CloseMessage,
     ConfigError,

@@ -21,14 +21,14 @@ import pytest
 
 from tests.support.proxy import FaultProxy
 from tests.support.rawserver import RawConnection, RawServer
-from tests.support.servers import echo_handler, run_ws_server
-from tests.test_reliability import (
+from tests.support.recorder import (
     Recorder,
     _no_engine_left_running,  # noqa: F401 (autouse)
     fast,
     stop_and_check,
     wait_open,
 )
+from tests.support.servers import echo_handler, run_ws_server
 from wsengine import (
     CloseMessage,
     ConnectionAdapter,

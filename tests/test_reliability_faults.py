@@ -22,8 +22,7 @@ from tests.conftest import TlsMaterial
 from tests.support.proxy import Direction, FaultProxy, Scope
 from tests.support.rawserver import RawConnection, RawServer
 from tests.support.rawserver import encode_frame as server_frame
-from tests.support.servers import echo_handler, run_ws_server, wait_for
-from tests.test_reliability import (
+from tests.support.recorder import (
     FAST,
     Recorder,
     _no_engine_left_running,  # noqa: F401 (autouse)
@@ -39,6 +38,7 @@ from tests.test_reliability import (
     thread_in,
     wait_open,
 )
+from tests.support.servers import echo_handler, run_ws_server, wait_for
 from wsengine import (
     CloseMessage,
     ConnectionClosedError,

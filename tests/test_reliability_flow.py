@@ -16,14 +16,14 @@ import pytest
 from tests.support.echo_process import echo_process
 from tests.support.rawserver import RawConnection, RawServer
 from tests.support.rawserver import encode_frame as server_frame
-from tests.support.servers import wait_for
-from tests.test_reliability import (
+from tests.support.recorder import (
     Recorder,
     _no_engine_left_running,  # noqa: F401 (autouse)
     fast,
     stop_and_check,
     wait_open,
 )
+from tests.support.servers import wait_for
 from wsengine import ConnectionClosedError, EngineStartError, EngineState, WebsocketEngine
 from wsengine.adapters.base import ConnectionAdapter
 from wsengine.adapters.websocket_client import WebsocketClientAdapter

@@ -21,8 +21,7 @@ from tests.conftest import TlsMaterial
 from tests.support.proxy import Direction, FaultProxy, Scope
 from tests.support.rawserver import RawConnection, RawServer
 from tests.support.rawserver import encode_frame as server_frame
-from tests.support.servers import echo_handler, run_ws_server, wait_for
-from tests.test_reliability import (
+from tests.support.recorder import (
     FAST,
     Recorder,
     _no_engine_left_running,  # noqa: F401 (autouse)
@@ -31,6 +30,7 @@ from tests.test_reliability import (
     stop_and_check,
     wait_open,
 )
+from tests.support.servers import echo_handler, run_ws_server, wait_for
 from wsengine import ConnectionAdapter, EngineStartError, EngineState, WebsocketEngine
 from wsengine.adapters.websocket_client import WebsocketClientAdapter
 from wsengine.errors import HandshakeError

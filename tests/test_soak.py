@@ -16,8 +16,8 @@ import pytest
 from tests.support.proxy import FaultProxy
 from tests.support.rawserver import RawConnection, RawServer
 from tests.support.rawserver import encode_frame as server_frame
+from tests.support.recorder import engine_threads, serve_idle, serve_on
 from tests.support.servers import echo_handler, wait_for
-from tests.test_reliability import engine_threads, serve_idle, serve_on
 from wsengine import (
     CloseMessage,
     EngineConfig,

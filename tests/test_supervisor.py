@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import threading
 
+from tests.support.recorder import Recorder, fast, stop_and_check, wait_open
 from tests.support.servers import WsServer
-from tests.test_reliability import Recorder, fast, stop_and_check, wait_open
 from wsengine import Message, Session, WebsocketEngine
 from wsengine._supervisor import Supervisor
 
