@@ -194,14 +194,21 @@ class ConnectProxy(_ProxyServer):
     Args:
         credentials: (user, password) required in ``Proxy-Authorization: Basic``; a
             request without them, or with others, is answered 407.
-        refuse_with: answer every CONNECT with this status instead of a tunnel.
+        refuse_with: answer every CONNECT with this status instead of a tunnel (may be
+            changed while the proxy runs).
+        stall: set this event once a request is read, then never answer it (until the
+            proxy closes).
     """
 
     def __init__(
-        self, credentials: tuple[str, str] | None = None, refuse_with: int | None = None
+        self,
+        credentials: tuple[str, str] | None = None,
+        refuse_with: int | None = None,
+        stall: threading.Event | None = None,
     ) -> None:
         super().__init__(credentials)
         self.refuse_with = refuse_with
+        self.stall = stall
 
     def __enter__(self) -> ConnectProxy:
         super().__enter__()
@@ -233,6 +240,11 @@ class ConnectProxy(_ProxyServer):
             status = 407
         else:
             status = 200
+        if self.stall is not None:
+            self._record(request)
+            self.stall.set()
+            self._closing.wait()
+            return None
         request.answer = status
         self._record(request)
         if status != 200:
