@@ -228,9 +228,31 @@ class WebsocketClientAdapter(DrivenAdapter):
             those RFC 7692 parameters (``client_no_context_takeover``,
             ``server_no_context_takeover``, ``client_max_window_bits``,
             ``server_max_window_bits``).
+        proxy: True (default): the environment's proxy settings, read at each dial as
+            ``urllib.request`` reads them (``wss_proxy``/``https_proxy`` for ``wss://``,
+            ``ws_proxy``/``http_proxy`` for ``ws://``, else ``all_proxy``; none for a
+            host ``no_proxy`` names), the same rules as :class:`WebsocketsAdapter`
+            (websocket-client's own reading of ``http_proxy``/``https_proxy``, which
+            ignores ``all_proxy``, is not used); None or False: connect directly,
+            whatever the environment says; or a proxy URL:
+            ``http://[user:password@]host:port`` (HTTP CONNECT), ``socks5://``,
+            ``socks5h://`` (the proxy resolves the host name), ``socks4://``,
+            ``socks4a://`` (SOCKS needs ``pip install 'wsengine[socks]'``). A proxy that
+            refuses the tunnel fails the dial with
+            :class:`~wsengine.errors.HandshakeError` carrying its status (407: bad or
+            missing credentials). Proxy credentials never appear in errors or logs
+            (websocket-client never sees them).
+        ssl: the ``ssl.SSLContext`` for ``wss://`` (default: built from ``sslopt`` as
+            websocket-client builds it, which verifies certificates and host names
+            against the system's CAs unless ``sslopt`` says otherwise). TLS runs end to
+            end through a proxy's tunnel.
         **options: passed to ``websocket.create_connection`` (``header``,
-            ``subprotocols``, ``sslopt``, ``http_proxy_host``...). TLS certificates are
-            verified unless ``sslopt`` says otherwise.
+            ``subprotocols``, ``cookie``, ``origin``, ``host``...), except: ``sslopt``
+            (its keys make the TLS context; only ``server_hostname`` may go with
+            ``ssl``), ``sockopt`` (set on the socket wsengine opens), and
+            websocket-client's proxy options ``http_proxy_host``, ``http_proxy_port``,
+            ``http_proxy_auth``, ``proxy_type``, ``http_no_proxy`` (taken as ``proxy``;
+            ``http_proxy_timeout`` is ignored: the dial's timeout bounds every step).
 
     Redirects: a 3xx answer to the handshake is followed, up to ``redirect_limit`` times
     (default 3, as websocket-client), to the ``Location`` given. A redirect to another
@@ -241,8 +263,12 @@ class WebsocketClientAdapter(DrivenAdapter):
 
     Raises:
         ConfigError: ``max_size`` is not a positive int or None, a bad ``compression``,
-            or an option is one the adapter sets itself (``timeout``,
-            ``skip_utf8_validation``, ``enable_multithread``).
+            an option is one the adapter sets itself (``timeout``,
+            ``skip_utf8_validation``, ``enable_multithread``, ``socket``), ``proxy`` is
+            not a usable proxy URL (the message hides its credentials) or is given with
+            ``http_proxy_host``, a SOCKS proxy without python-socks, a bad ``ssl``, or
+            ``sslopt`` with an unknown key, a file that cannot be loaded, or given with
+            ``ssl``.
     """
 
     def __init__(
