@@ -95,16 +95,6 @@ def test_unknown_options_are_refused_by_name(option: str) -> None:
         WebsocketsAdapter(**{option: None})
 
 
-@pytest.mark.parametrize("proxy", ["http://127.0.0.1:3128", "socks5h://127.0.0.1:1080", True])
-def test_a_proxy_is_refused_until_supported(proxy: object) -> None:
-    """proxy= naming a proxy (or True: from the environment) is a ConfigError saying
-    proxies are not supported yet; None and False are accepted."""
-    with pytest.raises(ConfigError, match="not support"):
-        WebsocketsAdapter(proxy=proxy)
-    WebsocketsAdapter(proxy=None)
-    WebsocketsAdapter(proxy=False)
-
-
 @pytest.mark.parametrize(
     "options",
     [

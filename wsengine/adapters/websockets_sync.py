@@ -44,6 +44,7 @@ from wsengine.adapters._dial import (
     refused,
 )
 from wsengine.adapters._driver import DrivenAdapter, Handshake
+from wsengine.adapters._proxy import choose_proxy, open_transport, proxy_setting
 from wsengine.adapters.base import check_adapter_arguments
 from wsengine.errors import ConfigError, HandshakeError
 from wsengine.types import HandshakeResponse
@@ -152,8 +153,18 @@ class WebsocketsAdapter(DrivenAdapter):
         subprotocols: subprotocols offered, in order of preference.
         redirect_limit: redirects followed in a row (default 9, as websockets' own
             client).
-        proxy: None or False only: HTTP and SOCKS proxies are not supported yet, and
-            the environment's proxy settings (``https_proxy``, ...) are not used.
+        proxy: True (default): the environment's proxy settings, read at each dial as
+            ``urllib.request`` reads them (``wss_proxy``/``https_proxy`` for
+            ``wss://``, ``ws_proxy``/``http_proxy`` for ``ws://``, else ``all_proxy``;
+            none for a host ``no_proxy`` names); None or False: connect directly,
+            whatever the environment says; or a proxy URL:
+            ``http://[user:password@]host:port`` (HTTP CONNECT), ``socks5://``,
+            ``socks5h://`` (the proxy resolves the host name), ``socks4://``,
+            ``socks4a://`` (SOCKS needs ``pip install 'wsengine[socks]'``). TLS for
+            ``wss://`` runs end to end through the tunnel, verified with ``ssl``. A
+            proxy that refuses the tunnel fails the dial with
+            :class:`~wsengine.errors.HandshakeError` carrying its status (407: bad or
+            missing credentials). Proxy credentials never appear in errors or logs.
 
     Redirects follow the shared policy: credentials
     (``Authorization``, ``Cookie``, ``Proxy-Authorization``) never go to another
@@ -161,7 +172,8 @@ class WebsocketsAdapter(DrivenAdapter):
 
     Raises:
         ConfigError: ``max_size`` is not a positive int or None, an option is unknown
-            or of the wrong type, or ``proxy`` names a proxy.
+            or of the wrong type, ``proxy`` is not a usable proxy URL (the message hides
+            its credentials), or a SOCKS proxy without python-socks installed.
     """
 
     def __init__(
@@ -178,11 +190,7 @@ class WebsocketsAdapter(DrivenAdapter):
                 f"option {unknown[0]} is not supported by WebsocketsAdapter "
                 f"(supported: {', '.join(sorted(_OPTIONS))})"
             )
-        if options.get("proxy") not in (None, False):
-            raise ConfigError(
-                "proxy: WebsocketsAdapter does not support HTTP or SOCKS proxies yet; "
-                "use WebsocketClientAdapter with http_proxy_host, or proxy=None"
-            )
+        self._proxy = proxy_setting(options.get("proxy", True))
         context = options.get("ssl")
         if context is not None and not isinstance(context, ssl.SSLContext):
             raise ConfigError("ssl must be an ssl.SSLContext or None")
@@ -240,24 +248,19 @@ class WebsocketsAdapter(DrivenAdapter):
             raise HandshakeError("invalid websocket URL") from None
         opened: list[socket.socket] = []
         try:
-            sock = socket.create_connection((uri.host, uri.port), _remaining(deadline))
+            sock = open_transport(
+                uri.host,
+                uri.port,
+                proxy=choose_proxy(self._proxy, uri.host, uri.secure),
+                context=(self._ssl or ssl.create_default_context()) if uri.secure else None,
+                server_hostname=self._server_hostname,
+                deadline=deadline,
+                guard=guard,
+                # As websockets' and websocket-client's own clients: a small frame goes
+                # out at once, not after the ACK of the previous one.
+                socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+            )
             opened.append(sock)
-            guard.register(sock)
-            # As websockets' and websocket-client's own clients: a small frame goes out at
-            # once, not after the ACK of the previous one.
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if uri.secure:
-                sock.settimeout(_remaining(deadline))
-                context = self._ssl or ssl.create_default_context()
-                # The TLS handshake runs after register(): abort() can cut it too.
-                sock = context.wrap_socket(
-                    sock,
-                    server_hostname=self._server_hostname or uri.host,
-                    do_handshake_on_connect=False,
-                )
-                opened.append(sock)
-                guard.register(sock)
-                sock.do_handshake()
             protocol = ClientProtocol(
                 uri,
                 origin=None if self._origin is None else Origin(self._origin),
