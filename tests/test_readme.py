@@ -45,9 +45,10 @@ def test_readme_opens_with_the_example_and_test_commands() -> None:
 @pytest.mark.timeout(120)
 def test_every_python_snippet_runs_alone() -> None:
     """Each snippet runs by itself, in a fresh namespace (as a reader would paste it),
-    against a local echo server: none leans on an import or a name of another."""
+    against a local echo server: none leans on an import or a name of another. (The
+    guide's snippets, once here, are in docs/ and run by tests/test_docs.py.)"""
     snippets = python_snippets(README)
-    assert len(snippets) >= 8
+    assert len(snippets) >= 1
     output = io.StringIO()
     with run_ws_server(echo_handler) as server, contextlib.redirect_stdout(output):
         for number, snippet in enumerate(snippets, 1):
@@ -55,4 +56,4 @@ def test_every_python_snippet_runs_alone() -> None:
                            "exec")
             exec(code, {"__name__": "readme"})
     printed = output.getvalue()
-    assert "got hello" in printed and "logged in:" in printed
+    assert "got hello" in printed
