@@ -243,3 +243,34 @@ def test_e10_an_extension_never_offered_fails_the_start(
             engine.start()
         assert client.count("open") == 0
         stop_and_check(engine)
+
+
+@pytest.mark.timeout(30)
+def test_on_close_comes_at_once_after_a_protocol_error(
+    make_adapter: Callable[[], ConnectionAdapter],
+) -> None:
+    """Issue 16 rough edge: after the server breaks the protocol (a reserved opcode), the
+    engine sends 1002, drops TCP and runs on_close(1002) within a second, with either
+    adapter (the websockets adapter used to take 10 s, waiting for the server's FIN)."""
+    seen: dict[str, object] = {}
+
+    def script(conn: RawConnection) -> None:
+        conn.send_frame(0x3, b"reserved")
+        seen["close"] = conn.expect_close(5)
+        # Keep TCP open: the client must not wait for our FIN.
+        conn.wait_eof(10)
+
+    client = Recorder()
+    with RawServer(script) as raw:
+        engine = WebsocketEngine(raw.url, client, adapter=make_adapter(),
+                                 config=fast(auto_reconnect=False))
+        began = time.monotonic()
+        engine.start()
+        client.wait_count("close", 1, timeout=5)
+        took = time.monotonic() - began
+        (close,) = client.details("close")
+        assert close.code == 1002
+        assert took < 1.0
+        assert engine.wait(5)
+        stop_and_check(engine)
+    assert isinstance(seen.get("close"), tuple) and seen["close"][0] == 1002
