@@ -20,6 +20,8 @@ API_NAMES = {
     "Message", "MessageType", "CloseMessage", "StatusCode", "HandshakeResponse",
     "ConnectionAdapter", "WsEngineError", "ConfigError", "EngineStartError",
     "EngineStateError", "ConnectionClosedError", "__version__",
+    # Release 0.2 additions.
+    "HandshakeError", "ProtocolError",
 }
 
 

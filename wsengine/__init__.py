@@ -13,6 +13,8 @@ from wsengine.errors import (
     ConnectionClosedError,
     EngineStartError,
     EngineStateError,
+    HandshakeError,
+    ProtocolError,
     WsEngineError,
 )
 from wsengine.session import Session
@@ -35,9 +37,11 @@ __all__ = [
     "EngineStartError",
     "EngineState",
     "EngineStateError",
+    "HandshakeError",
     "HandshakeResponse",
     "Message",
     "MessageType",
+    "ProtocolError",
     "Session",
     "StatusCode",
     "WebsocketClient",
