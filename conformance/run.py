@@ -13,6 +13,8 @@ Not part of the test suite (it takes minutes). Usage, from the repository root::
     python conformance/run.py                       # both adapters, cases 1-7, 9, 10
     python conformance/run.py --adapters websockets --cases '6.*' --cases 9.1.6
     python conformance/run.py --outdir reports      # also write Autobahn HTML reports
+    python conformance/run.py --cases '12.*'        # compression, the default offer
+    python conformance/run.py --cases '13.*' --offer no-context-takeover
 
 The exit status is 0 when every case of every adapter passed (OK, NON-STRICT or
 INFORMATIONAL for both the exchange and the closing handshake), 1 otherwise.
@@ -53,14 +55,25 @@ CASE_TIMEOUT = 120.0
 MAX_SIZE = 2**25
 
 
+#: The compression the adapters offer (``--offer``): the default offer, or one that also
+#: offers client_no_context_takeover, which Autobahn's cases 13.2, 13.5 and 13.6 need
+#: (their server accepts only an offer that includes it; others get UNIMPLEMENTED).
+OFFERS: dict[str, object] = {
+    "default": "deflate",
+    "no-context-takeover": {"client_no_context_takeover": True,
+                            "client_max_window_bits": True},
+}
+COMPRESSION: list[object] = [OFFERS["default"]]
+
+
 def websocket_client_adapter() -> ConnectionAdapter:
-    return WebsocketClientAdapter(max_size=MAX_SIZE)
+    return WebsocketClientAdapter(max_size=MAX_SIZE, compression=COMPRESSION[0])  # type: ignore[arg-type]
 
 
 def websockets_adapter() -> ConnectionAdapter:
     from wsengine.adapters.websockets_sync import WebsocketsAdapter
 
-    return WebsocketsAdapter(max_size=MAX_SIZE)
+    return WebsocketsAdapter(max_size=MAX_SIZE, compression=COMPRESSION[0])  # type: ignore[arg-type]
 
 
 ADAPTERS: dict[str, Callable[[], ConnectionAdapter]] = {
@@ -192,6 +205,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="GLOB",
         help="case id or glob, repeatable (default: categories 1-7, 9 and 10)",
     )
+    parser.add_argument(
+        "--offer",
+        choices=sorted(OFFERS),
+        default="default",
+        help="the permessage-deflate offer (categories 12 and 13): default, or "
+        "no-context-takeover for 13.2, 13.5 and 13.6 (default: %(default)s)",
+    )
     parser.add_argument("--outdir", help="also write kosoku's Autobahn reports there")
     return parser.parse_args(argv)
 
@@ -204,6 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"unknown adapters {unknown}; choose from {list(ADAPTERS)}", file=sys.stderr)
         return 2
     cases: Sequence[str] = args.cases or DEFAULT_CASES
+    COMPRESSION[0] = OFFERS[args.offer]
     passed = True
     for name in names:
         run = asyncio.run(run_adapter(name, cases))

@@ -217,13 +217,21 @@ def test_bad_compressed_frames_fail_the_connection(frame: bytes, code: int) -> N
 
 
 def test_sent_messages_are_compressed_and_inflate_back() -> None:
-    """send_* compress messages of some size (RSV1 set) and leave tiny ones alone."""
+    """send_* compress every message, tiny ones too (RSV1 set), and a server-side inflater
+    gets the message back."""
     protocol = ClientProtocol(2**20, PerMessageDeflate())
     big = protocol.send_binary(b"abc" * 1000)
     small = protocol.send_text("hi")
     assert big[0] == 0x80 | 0x40 | 0x2
-    assert small[0] == 0x80 | 0x1
+    assert small[0] == 0x80 | 0x40 | 0x1
     assert len(big) < 200
+    inflater = zlib.decompressobj(-15)
+    for frame, plain in ((big, b"abc" * 1000), (small, b"hi")):
+        length = frame[1] & 0x7F
+        start = 2 if length < 126 else 4
+        mask, payload = frame[start:start + 4], frame[start + 4:]
+        unmasked = bytes(byte ^ mask[index % 4] for index, byte in enumerate(payload))
+        assert inflater.decompress(unmasked + b"\x00\x00\xff\xff") == plain
 
 
 def test_extension_decode_is_bounded_by_what_max_size_leaves() -> None:

@@ -32,8 +32,6 @@ _BOOLEAN_PARAMETERS: Final = ("server_no_context_takeover", "client_no_context_t
 _BITS_PARAMETERS: Final = ("server_max_window_bits", "client_max_window_bits")
 #: The RSV bit permessage-deflate sets on the first frame of a compressed message.
 _RSV1: Final = 0x40
-# Messages shorter than this go out uncompressed: deflate would make them longer.
-_MIN_COMPRESS_SIZE: Final = 32
 
 
 @dataclass(frozen=True)
@@ -224,8 +222,14 @@ class PerMessageDeflate(Extension):
         return data
 
     def encode(self, opcode: int, payload: bytes) -> tuple[int, bytes]:
-        """Deflate one outgoing message (a whole message: the protocol never fragments)."""
-        if opcode == OP_CONT or len(payload) < _MIN_COMPRESS_SIZE:
+        """Deflate one outgoing message (a whole message: the protocol never fragments).
+
+        Every message is compressed, tiny ones too: RFC 7692 lets an endpoint send some
+        uncompressed, but peers mishandle the mix (Autobahn's fuzzing server fails its
+        cases 12.x.1 and 13.x.1 on an uncompressed 16-byte echo), as websockets and
+        browsers compress every message once it is negotiated.
+        """
+        if opcode == OP_CONT:
             return 0, payload
         deflater = self._deflater
         if deflater is None or self.client_no_context_takeover:
