@@ -13,6 +13,7 @@ import contextlib
 import email.utils
 import socket
 import threading
+import time
 from collections.abc import Callable, Collection, Mapping
 from datetime import UTC, datetime
 from typing import Final, TypeVar
@@ -31,6 +32,7 @@ __all__ = [
     "check_response",
     "extensions_answer",
     "follow_redirects",
+    "handshake_time_left",
     "parse_retry_after",
     "refused",
     "without_credentials",
@@ -56,6 +58,20 @@ class Redirect(Exception):
 
 class DialAborted(ConnectionError):
     """``abort()`` cut the dial in progress."""
+
+
+def handshake_time_left(deadline: float | None) -> float | None:
+    """Seconds left of a dial's ``deadline`` (None: no limit), for a socket timeout.
+
+    Raises:
+        TimeoutError: the deadline passed.
+    """
+    if deadline is None:
+        return None
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("timed out during the opening handshake")
+    return left
 
 
 def follow_redirects(

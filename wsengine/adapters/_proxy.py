@@ -21,7 +21,6 @@ import importlib
 import ipaddress
 import socket
 import ssl
-import time
 import urllib.request
 from collections.abc import Collection
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ from typing import Any, Final
 from urllib.parse import unquote
 
 from wsengine._url import REDACTED
-from wsengine.adapters._dial import DialAborted, DialGuard, refused
+from wsengine.adapters._dial import DialAborted, DialGuard, handshake_time_left, refused
 from wsengine.errors import ConfigError, HandshakeError
 
 __all__ = [
@@ -208,20 +207,6 @@ def choose_proxy(setting: Proxy | bool | None, host: str, secure: bool) -> Proxy
     return parse_proxy(proxies[key], f"the environment's {key}_proxy")
 
 
-def _remaining(deadline: float | None) -> float | None:
-    """Seconds left until ``deadline`` (None: no limit).
-
-    Raises:
-        TimeoutError: the deadline passed.
-    """
-    if deadline is None:
-        return None
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise TimeoutError("timed out during the opening handshake")
-    return left
-
-
 def _connect_tcp(
     host: str,
     port: int,
@@ -235,7 +220,7 @@ def _connect_tcp(
         OSError: the connection failed (``TimeoutError`` at the deadline).
         DialAborted: ``abort()`` came first.
     """
-    sock = socket.create_connection((host, port), _remaining(deadline))
+    sock = socket.create_connection((host, port), handshake_time_left(deadline))
     try:
         guard.register(sock)
         for option in socket_options:
@@ -268,11 +253,11 @@ def _http_tunnel(
         token = base64.b64encode(f"{proxy.username}:{proxy.password or ''}".encode())
         lines.append(f"Proxy-Authorization: Basic {token.decode('ascii')}")
     request = ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
-    sock.settimeout(_remaining(deadline))
+    sock.settimeout(handshake_time_left(deadline))
     sock.sendall(request)
     head = b""
     while True:
-        sock.settimeout(_remaining(deadline))
+        sock.settimeout(handshake_time_left(deadline))
         # Peek, then take only up to the end of the head: the bytes after it are the
         # server's (the tunnel), not the proxy's.
         peeked = sock.recv(_MAX_CONNECT_ANSWER, socket.MSG_PEEK)
@@ -356,7 +341,7 @@ def _socks_tunnel(
         rdns=proxy.scheme in ("socks5h", "socks4a"),
         forward=_GuardedConnector(deadline, guard, socket_options),
     )
-    left = _remaining(deadline)
+    left = handshake_time_left(deadline)
     try:
         sock: socket.socket = client.connect(host, port, timeout=left)
     except errors.ProxyTimeoutError:
@@ -408,7 +393,7 @@ def open_transport(
             sock = track(_connect_tcp(proxy.host, proxy.port, deadline, guard, socket_options))
             _http_tunnel(sock, proxy, host, port, deadline)
         if context is not None:
-            sock.settimeout(_remaining(deadline))
+            sock.settimeout(handshake_time_left(deadline))
             tls = context.wrap_socket(
                 sock, server_hostname=server_hostname or host, do_handshake_on_connect=False
             )
@@ -416,7 +401,7 @@ def open_transport(
             # Registered before the TLS handshake: abort() can cut it too.
             guard.register(tls)
             tls.do_handshake()
-        sock.settimeout(_remaining(deadline))
+        sock.settimeout(handshake_time_left(deadline))
     except BaseException as error:
         for each in opened:
             each.close()

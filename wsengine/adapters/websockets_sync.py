@@ -41,6 +41,7 @@ from wsengine.adapters._dial import (
     DialGuard,
     Redirect,
     check_response,
+    handshake_time_left,
     refused,
 )
 from wsengine.adapters._driver import DrivenAdapter, Handshake
@@ -102,20 +103,6 @@ def _header_pairs(value: object) -> list[tuple[str, str]]:
         if any(char in part for part in pair for char in "\r\n\0"):
             raise ConfigError(f"header {pair[0]!r}: CR, LF and NUL are not allowed")
     return [(name, value) for name, value in pairs]
-
-
-def _remaining(deadline: float | None) -> float | None:
-    """Seconds left until ``deadline`` (None: no limit).
-
-    Raises:
-        TimeoutError: the deadline passed.
-    """
-    if deadline is None:
-        return None
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise TimeoutError("timed out during the opening handshake")
-    return left
 
 
 def _joined(headers: Headers) -> dict[str, str]:
@@ -282,7 +269,7 @@ class WebsocketsAdapter(DrivenAdapter):
                 ))
             protocol.send_request(request)
             for data in protocol.data_to_send():
-                sock.settimeout(_remaining(deadline))
+                sock.settimeout(handshake_time_left(deadline))
                 sock.sendall(data)
             response, leftover = self._read_response(sock, protocol, deadline)
         except BaseException as error:
@@ -321,7 +308,7 @@ class WebsocketsAdapter(DrivenAdapter):
         leftover = b""
         in_head = True
         while True:
-            sock.settimeout(_remaining(deadline))
+            sock.settimeout(handshake_time_left(deadline))
             data = sock.recv(_RECV_SIZE)
             if not data:
                 protocol.receive_eof()
