@@ -235,7 +235,8 @@ class _Console(WebsocketClient):
     """The command's callbacks: send ``--send`` on open, print what arrives, count it.
 
     With one worker (the command's config) ``on_message`` runs one call at a time, so the
-    counters need no lock; the stats thread only reads them.
+    counters need no lock: ``totals`` is replaced whole, and the stats thread reads it
+    once, so a message and its bytes are always counted together.
     """
 
     def __init__(self, args: argparse.Namespace, output: _Output, display_url: str) -> None:
@@ -244,8 +245,8 @@ class _Console(WebsocketClient):
         self._reconnects = not args.no_reconnect
         self._output = output
         self._display_url = display_url
-        self.received = 0
-        self.received_bytes = 0
+        #: (messages, bytes) received so far, replaced as one tuple per message.
+        self.totals: tuple[int, int] = (0, 0)
         self.count_reached = False
         self.last_close: CloseMessage | None = None
         self.last_restart_error: Exception | None = None
@@ -271,12 +272,14 @@ class _Console(WebsocketClient):
             line = message.data.encode("utf-8") if isinstance(message.data, str) else b""
         else:
             line = message.data.hex().encode("ascii") if isinstance(message.data, bytes) else b""
-        self.received += 1
-        self.received_bytes += len(line) if message.type is MessageType.TEXT else len(message.data)
+        received, size = self.totals
+        received += 1
+        self.totals = (received, size + (len(line) if message.type is MessageType.TEXT
+                                         else len(message.data)))
         if not self._output.message(line):
             self.count_reached = True  # nobody reads any more: a normal end, as with | head
             session.exit()
-        elif self._count is not None and self.received >= self._count:
+        elif self._count is not None and received >= self._count:
             self.count_reached = True
             session.exit()
 
@@ -337,13 +340,14 @@ def _send_line(engine: WebsocketEngine, console: _Console, done: threading.Event
 
 def _report_stats(console: _Console, output: _Output, done: threading.Event) -> None:
     """Print the receive rates on stderr every second, until ``done`` is set."""
-    messages, size, since = console.received, console.received_bytes, time.monotonic()
+    (messages, size), since = console.totals, time.monotonic()
     while not done.wait(_STATS_INTERVAL):
         now = time.monotonic()
         elapsed = max(now - since, 1e-9)
-        rate = (console.received - messages) / elapsed
-        throughput = (console.received_bytes - size) / elapsed
-        messages, size, since = console.received, console.received_bytes, now
+        (now_messages, now_size) = console.totals
+        rate = (now_messages - messages) / elapsed
+        throughput = (now_size - size) / elapsed
+        messages, size, since = now_messages, now_size, now
         output.error(f"stats: {rate:.0f} msgs/s, {throughput:.0f} bytes/s")
 
 
