@@ -11,8 +11,16 @@ some of them:
   starts a fresh server process and a fresh client process, and the clients take turns
   within a repetition (in a rotating order) so that machine noise hits all of them alike.
   The table gives the median rate with its min-max and each client's ratio to the plain
-  websocket-client ``recv()`` loop (``raw``) measured in the same run. Every run checks
-  the message count and the last message's type, size and digest.
+  websocket-client ``recv()`` loop (``raw``) and to picows (the fastest Python client we
+  know, issue 15) measured in the same run. The peers (extra ``bench``): picows, aiohttp,
+  websockets' sync and asyncio clients. No client compresses: the flood server accepts no
+  extension. Every run checks the message count and the last message's type, size and
+  digest. ``--plot FILE.png`` also draws msgs/s by message size (:mod:`benchmarks.plot`).
+- ``send``: messages per second out of one connection, from one and from four threads,
+  into :mod:`benchmarks.count_server` (counts frames at C speed; every run's count and
+  framing checked); see :mod:`benchmarks.send`.
+- ``idle``: N idle connections in one process (``--idle-counts``, default 100 and 500):
+  threads, RSS, time to start and to stop them all; wsengine workers=1 and 4, and picows.
 - ``otel``: the same runs with the OpenTelemetry SDK on (``wsengine-otel`` against
   ``raw-otel``, the raw loop with one SDK span per message), and without it (the default,
   against NoOp providers set explicitly).
