@@ -204,6 +204,115 @@ def _websockets(url: str, count: int) -> tuple[int, float, str | bytes]:
     return received, elapsed, last
 
 
+def _websockets_async(url: str, count: int) -> tuple[int, float, str | bytes]:
+    """websockets' asyncio client (``websockets.asyncio.client.connect``); it offers
+    permessage-deflate, which the flood server declines."""
+    import asyncio
+
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    async def run() -> tuple[int, float, str | bytes]:
+        started = time.perf_counter()
+        cpu_started = time.process_time()
+        elapsed: float | None = None
+        received = 0
+        last: str | bytes = b""
+        async with connect(url, max_size=None) as ws:
+            try:
+                while received < count:
+                    last = await ws.recv()
+                    received += 1
+                elapsed = time.perf_counter() - started
+                _cpu_since(cpu_started)
+                while True:  # drain to the server's close
+                    await asyncio.wait_for(ws.recv(), 10)
+            except (ConnectionClosed, TimeoutError):
+                pass
+        if elapsed is None:
+            elapsed = time.perf_counter() - started
+            _cpu_since(cpu_started)
+        return received, elapsed, last
+
+    return asyncio.run(run())
+
+
+def _aiohttp(url: str, count: int) -> tuple[int, float, str | bytes]:
+    """aiohttp's client (``ClientSession.ws_connect``, its defaults: it offers
+    permessage-deflate, which the flood server declines)."""
+    import asyncio
+
+    import aiohttp
+
+    async def run() -> tuple[int, float, str | bytes]:
+        data_types = (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY)
+        started = time.perf_counter()
+        cpu_started = time.process_time()
+        elapsed: float | None = None
+        received = 0
+        last: str | bytes = b""
+        async with aiohttp.ClientSession() as http, \
+                http.ws_connect(url, max_msg_size=0) as ws:
+            while received < count:
+                message = await ws.receive()
+                if message.type not in data_types:
+                    break
+                last = message.data
+                received += 1
+            elapsed = time.perf_counter() - started
+            _cpu_since(cpu_started)
+            while received == count:  # drain to the server's close; receive() answers it
+                message = await ws.receive(timeout=10)
+                if message.type not in data_types:
+                    break
+        return received, elapsed, last
+
+    return asyncio.run(run())
+
+
+def _picows(url: str, count: int) -> tuple[int, float, str | bytes]:
+    """picows (Cython, asyncio): ``on_ws_frame`` per frame, each payload turned into what
+    the other clients hand over (``str`` for TEXT, ``bytes`` for BINARY), so that every
+    client delivers the same values. The default asyncio event loop; no compression
+    (picows has none)."""
+    import asyncio
+
+    from picows import WSListener, WSMsgType, ws_connect
+
+    state: dict[str, Any] = {"received": 0, "elapsed": 0.0, "last": b""}
+
+    async def run() -> None:
+        text, binary, close = WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CLOSE
+
+        class Listener(WSListener):  # type: ignore[misc]
+            def on_ws_frame(self, transport: Any, frame: Any) -> None:
+                kind = frame.msg_type
+                if kind == text:
+                    data: str | bytes = frame.get_payload_as_utf8_text()
+                elif kind == binary:
+                    data = frame.get_payload_as_bytes()
+                else:
+                    if kind == close:
+                        transport.send_close(frame.get_close_code())
+                        transport.disconnect()
+                    return
+                received = state["received"] = state["received"] + 1
+                if received == count:
+                    state["elapsed"] = time.perf_counter() - started
+                    _cpu_since(cpu_started)
+                    state["last"] = data
+
+        transport, _ = await ws_connect(Listener, url, max_frame_size=2**31)
+        await asyncio.wait_for(transport.wait_disconnected(), _budget)
+
+    started = time.perf_counter()
+    cpu_started = time.process_time()
+    asyncio.run(run())
+    if state["received"] < count:
+        state["elapsed"] = time.perf_counter() - started
+    return state["received"], state["elapsed"], state["last"]
+
+
 def _engine_parts(workers: int, adapter_name: str | None) -> tuple[Any, Any]:
     """Import wsengine and build the adapter; raises ImportError if not available."""
     from wsengine import EngineConfig
@@ -301,6 +410,18 @@ def _check_websockets() -> None:
     import websockets.sync.client  # noqa: F401
 
 
+def _check_websockets_async() -> None:
+    import websockets.asyncio.client  # noqa: F401
+
+
+def _check_aiohttp() -> None:
+    import aiohttp  # noqa: F401
+
+
+def _check_picows() -> None:
+    import picows  # noqa: F401
+
+
 def _check_otel() -> None:
     import opentelemetry.sdk.trace  # noqa: F401
 
@@ -317,6 +438,9 @@ CLIENTS: dict[str, tuple[Runner, Callable[[], None], bool]] = {
                    _check_websocket_client, False),
     "wsapp": (_wsapp, _check_websocket_client, False),
     "websockets": (_websockets, _check_websockets, False),
+    "websockets-async": (_websockets_async, _check_websockets_async, False),
+    "aiohttp": (_aiohttp, _check_aiohttp, False),
+    "picows": (_picows, _check_picows, False),
     "wsengine-w1": (_engine_runner(1), _check_engine(1), True),
     "wsengine-w4": (_engine_runner(4), _check_engine(4), True),
     "wsengine-ws": (_engine_runner(1, "websockets"), _check_engine(1, "websockets"), True),

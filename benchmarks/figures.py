@@ -25,12 +25,14 @@ __all__ = [
     "FigureRuns",
     "Verdict",
     "format_echo",
+    "format_idle",
     "format_many",
     "format_reconnect",
     "format_rss",
     "format_stop",
     "percentile",
     "run_figure",
+    "run_idle",
 ]
 
 #: Figures this module runs, in the order of the report.
@@ -189,7 +191,9 @@ def _table(header: list[tuple[str, int]], rows: list[list[str]]) -> str:
 
 def _failed_row(runs: FigureRuns, client: str, width: int) -> list[str] | None:
     if client in runs.errors:
-        return [client, f"error: {runs.errors[client]}"[:width * 6]]
+        error = runs.errors[client]
+        text = error if error.startswith("not available") else f"error: {error}"
+        return [client, text[:width * 6]]
     if client not in runs.results:
         return [client, "no result"]
     return None
@@ -332,6 +336,96 @@ def format_many(runs: FigureRuns) -> tuple[str, list[Verdict]]:
     return _table(header, rows), []
 
 
+# -- idle engines (issue 15) -------------------------------------------------------------
+
+#: Issue 15's targets for 500 idle engines with workers=4.
+IDLE_THREADS, IDLE_RSS_MIB, IDLE_STOP_S = 1100, 80.0, 1.0
+IDLE_CLIENTS = ("picows", "wsengine-w1", "wsengine-w4")
+
+
+def run_idle(counts: list[int], reps: int, timeout: float, seconds: float = 1.0) -> FigureRuns:
+    """The idle figure: for each count, each client opens that many idle connections in
+    one process (fresh echo server and process per run, clients interleaved)."""
+    labels = [f"{client} x{count}" for count in counts for client in IDLE_CLIENTS]
+    runs = FigureRuns("idle", labels, settings={"counts": counts, "reps": reps,
+                                                "seconds": seconds})
+    for count in counts:
+        clients = [f"{client} x{count}" for client in IDLE_CLIENTS]
+        setup = FigurePlan(tuple(clients), "echo",
+                           ["--samples", str(count), "--seconds", str(seconds)],
+                           seconds + count * 0.02 + 5)
+        limit = min(timeout, setup.seconds + 30)
+        for rep in range(reps):
+            shift = rep % len(clients)
+            for label in clients[shift:] + clients[:shift]:
+                if label in runs.errors:
+                    continue
+                client = label.rpartition(" x")[0]
+                result = _one_run("idle", client, setup, limit)
+                if "error" in result or "unavailable" in result:
+                    runs.errors[label] = result.get("error") or \
+                        f"not available ({result['unavailable']})"
+                    progress(f"  idle {label}: {runs.errors[label]}")
+                    continue
+                runs.results.setdefault(label, []).append(result)
+                progress(f"  idle rep {rep + 1}/{reps} {label:<18} "
+                         f"{result['threads_open']} threads, "
+                         f"+{(result['rss_open_kib'] - result['rss_before_kib']) / 1024:.1f} MiB, "
+                         f"open {result['open_s']:.2f} s, stop {result['stop_all_s']:.2f} s")
+    return runs
+
+
+def format_idle(runs: FigureRuns) -> tuple[str, list[Verdict]]:
+    header = [("client", 18), ("threads", 7), ("+threads", 8), ("thr/conn", 8),
+              ("+RSS MiB", 8), ("KiB/conn", 8), ("start all s", 17), ("stop all s", 17),
+              ("left", 4), ("target", 6)]
+    rows: list[list[str]] = []
+    verdicts: list[Verdict] = []
+    for label in runs.clients:
+        failed = _failed_row(runs, label, 18)
+        results = runs.results.get(label, [])
+        if failed or not results:
+            rows.append(failed or [label, "no result"])
+            continue
+
+        def med(key: str, results: list[dict[str, Any]] = results) -> float:
+            return float(statistics.median(r[key] for r in results))
+
+        def spread(key: str, results: list[dict[str, Any]] = results) -> str:
+            values = [r[key] for r in results]
+            return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
+
+        conns = results[0]["connections"]
+        added_threads = med("threads_open") - med("threads_before")
+        added_mib = statistics.median(r["rss_open_kib"] - r["rss_before_kib"]
+                                      for r in results) / 1024
+        target = "-"
+        if label == "wsengine-w4 x500":
+            checks = [(f"threads < {IDLE_THREADS}", med("threads_open") < IDLE_THREADS,
+                       f"{med('threads_open'):.0f}"),
+                      (f"+RSS < {IDLE_RSS_MIB:g} MiB", added_mib < IDLE_RSS_MIB,
+                       f"{added_mib:.1f} MiB"),
+                      (f"stop all < {IDLE_STOP_S:g} s", med("stop_all_s") < IDLE_STOP_S,
+                       f"{med('stop_all_s'):.2f} s")]
+            target = ", ".join(f"{name} {'PASS' if ok else 'MISS'}" for name, ok, _ in checks)
+            verdicts += [Verdict("idle engines", f"500 engines workers=4: {name.split()[0]}",
+                                 name, measured, ok) for name, ok, measured in checks]
+        if label.startswith("wsengine"):
+            per_engine = added_threads / max(conns, 1)
+            ok = per_engine <= 2
+            verdicts.append(Verdict("idle engines", f"{label}: threads per idle engine",
+                                    "<= 2", f"{per_engine:.2f}", ok))
+            target = (target + "; " if target != "-" else "") + \
+                f"thr/conn <= 2 {'PASS' if ok else 'MISS'}"
+        rows.append([label, f"{med('threads_open'):.0f}", f"{added_threads:+.0f}",
+                     f"{added_threads / max(conns, 1):.2f}", f"{added_mib:+.1f}",
+                     f"{added_mib * 1024 / max(conns, 1):.0f}", spread("open_s"),
+                     spread("stop_all_s"),
+                     str(max(r["threads_after"] - r["threads_before"] for r in results)),
+                     target])
+    return _table(header, rows), verdicts
+
+
 FORMATTERS: dict[str, Callable[[FigureRuns], tuple[str, list[Verdict]]]] = {
     "echo": format_echo,
     "reconnect": format_reconnect,
@@ -348,11 +442,22 @@ TITLES = {
     "stop": "stop() / close() on an idle open connection (close handshake included)",
     "rss": "Peak RSS: endless 64 KiB text flood, on_message sleeps 1 ms, ~3 s "
            "(VmHWM vs VmRSS before start, client process)",
+    "idle": "Idle engines: N connections opened one after another in one process, idle 1 s, "
+            "then closed one after another",
     "many": "Many connections in one process, idle 5 s (default engine: workers=4; CPU: "
             "getrusage user+sys over the idle time, worst run)",
 }
 
 NOTES = {
+    "idle": "threads and RSS from /proc/self/status after the idle second (the process had "
+            "2 threads before: main and the watchdog; the library was imported before the "
+            "baseline); +RSS: after opening minus before. start/stop all: median (min-max) "
+            "of the runs. wsengine: engine.start() then, at the end, engine.stop() on each "
+            "in turn (close handshake, threads joined); picows: ws_connect() in turn, then "
+            "send_close() and disconnect() on all and wait_disconnected() (no wait for the "
+            "server's close frame). left: threads still alive after stopping all (worst run). "
+            "Targets from issue 15: at most 2 threads per idle engine whatever workers is; "
+            "500 engines with workers=4 under 1,100 threads and 80 MiB, stopped in under 1 s.",
     "echo": "Each client process: 200 warm-up round trips, then the timed ones, back to back; "
             "percentiles over the pooled samples of all runs, runs' p50 = range of per-run "
             "medians. raw and websockets send and receive on the calling thread; wsapp, "

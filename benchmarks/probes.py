@@ -409,6 +409,69 @@ def _many(client: str, url: str, options: argparse.Namespace) -> dict[str, Any]:
             "voluntary_switches": voluntary}
 
 
+# -- idle engines (issue 15) ---------------------------------------------------------------
+
+def _idle(client: str, url: str, options: argparse.Namespace) -> dict[str, Any]:
+    """Open ``samples`` idle connections one after another, wait ``seconds``, then close
+    them all one after another: threads, RSS, time to start and to stop all."""
+    count, idle = options.samples, options.seconds
+    if client == "picows":
+        import asyncio
+
+        from picows import WSListener, ws_connect
+    else:
+        from wsengine import WebsocketClient, WebsocketEngine
+    # After the imports: what is measured is what the connections cost.
+    threads_before, rss_before = _status_kib("Threads"), _status_kib("VmRSS")
+    if client == "picows":
+        async def run() -> dict[str, float]:
+            began = time.perf_counter()
+            transports = []
+            for _ in range(count):
+                transport, _listener = await asyncio.wait_for(
+                    ws_connect(WSListener, url, enable_auto_ping=False), WAIT)
+                transports.append(transport)
+            opened = time.perf_counter() - began
+            await asyncio.sleep(idle)
+            marks = {"open_s": opened, "threads_open": _status_kib("Threads"),
+                     "rss_open_kib": _status_kib("VmRSS")}
+            began = time.perf_counter()
+            for transport in transports:
+                transport.send_close()
+                transport.disconnect()
+            await asyncio.wait_for(asyncio.gather(*(t.wait_disconnected()
+                                                    for t in transports)), WAIT)
+            marks["stop_all_s"] = time.perf_counter() - began
+            return marks
+
+        marks = asyncio.run(run())
+    else:
+        workers = 1 if client == "wsengine-w1" else 4
+        engines = []
+        began = time.perf_counter()
+        try:
+            for _ in range(count):
+                engine = WebsocketEngine(url, WebsocketClient(),
+                                         config=_quiet_config(workers=workers))
+                engine.start(timeout=WAIT)
+                engines.append(engine)
+            opened = time.perf_counter() - began
+            time.sleep(idle)  # idle: the place where an executor may shrink back
+            marks = {"open_s": opened, "threads_open": _status_kib("Threads"),
+                     "rss_open_kib": _status_kib("VmRSS")}
+        finally:
+            began = time.perf_counter()
+            for engine in engines:
+                engine.stop(timeout=WAIT)
+            stopped = time.perf_counter() - began
+        marks["stop_all_s"] = stopped
+        if any(engine.running for engine in engines):
+            raise RuntimeError("an engine still running after stop()")
+    return {"connections": count, "threads_before": threads_before,
+            "rss_before_kib": rss_before, "threads_after": _status_kib("Threads"),
+            "idle_s": idle, **marks}
+
+
 PROBES: dict[str, tuple[Probe, tuple[str, ...]]] = {
     "echo": (_echo, ("raw", "wsapp", "websockets", "wsengine-w1", "wsengine-w4",
                      "wsengine-request")),
@@ -416,6 +479,7 @@ PROBES: dict[str, tuple[Probe, tuple[str, ...]]] = {
     "stop": (_stop, ("raw", "websockets", "wsengine-w1", "wsengine-w4")),
     "rss": (_rss, ("raw", "wsengine-w1", "wsengine-w4")),
     "many": (_many, ("wsapp", "wsengine-w1", "wsengine")),
+    "idle": (_idle, ("picows", "wsengine-w1", "wsengine-w4")),
 }
 
 

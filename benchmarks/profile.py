@@ -6,6 +6,7 @@
 
     python -m benchmarks.profile echo wsengine-w1            # a probe figure, one client
     python -m benchmarks.profile throughput wsengine-otel --size 32 --type binary
+    python -m benchmarks.profile send wsengine --threads 4 --size 32     # the send figure
 
 It starts the same server as the benchmark does, runs the client process under
 ``py-spy record`` (sampling every thread, idle samples included, so waits show up), and
@@ -27,14 +28,15 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.figures import plan
-from benchmarks.servers import ROOT, EchoServer, FloodServer
+from benchmarks.servers import ROOT, CountServer, EchoServer, FloodServer
 
 __all__ = ["main", "summarise"]
 
 _THREAD = re.compile(r"^(?:process \d+:\S*;)?thread \((0x[0-9a-fA-F]+)\)")
 
 
-_ROLES = (("Dispatcher._work", "engine worker"), ("WebsocketEngine._supervise", "supervisor"),
+_ROLES = (("Dispatcher._work", "engine worker"), ("work", "sender"),
+          ("WebsocketEngine._supervise", "supervisor"),
           ("BatchProcessor.worker", "OTel batch exporter"), ("_run_module_as_main", "main"),
           ("Thread.run", "other thread"))
 
@@ -93,12 +95,13 @@ def _short(frame: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.profile",
                                      description=__doc__.splitlines()[0])
-    parser.add_argument("figure", help="echo, reconnect, stop, rss, many or throughput")
+    parser.add_argument("figure", help="echo, reconnect, stop, rss, many, throughput or send")
     parser.add_argument("client")
     parser.add_argument("--size", default="1024", help="throughput: message size in bytes")
     parser.add_argument("--type", default="text", choices=("text", "binary"))
     parser.add_argument("--count", type=int, default=300_000, help="throughput: messages")
     parser.add_argument("--samples", type=int, default=None, help="probe samples")
+    parser.add_argument("--threads", type=int, default=1, help="send: sending threads")
     parser.add_argument("--rate", type=int, default=2000, help="py-spy samples per second")
     parser.add_argument("--top", type=int, default=15, help="functions per thread")
     parser.add_argument("--lines", action="store_true", help="keep line numbers apart")
@@ -114,8 +117,14 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(spy).exists():
         parser.error("py-spy is not installed (pip install py-spy)")
 
-    server: EchoServer | FloodServer
-    if args.figure == "throughput":
+    server: EchoServer | FloodServer | CountServer
+    if args.figure == "send":
+        size = int(args.size)
+        count = args.count // args.threads * args.threads
+        server = CountServer(size, count, deadline=args.timeout + 5)
+        child = ["-m", "benchmarks.senders", "--client", args.client, "--url", server.url,
+                 "--count", str(count), "--size", str(size), "--threads", str(args.threads)]
+    elif args.figure == "throughput":
         size = int(args.size)
         server = FloodServer("flood", size, args.type, args.count, deadline=args.timeout + 5)
         child = ["-m", "benchmarks.clients", "--client", args.client, "--url", server.url,

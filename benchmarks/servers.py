@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["ROOT", "EchoServer", "FloodServer", "progress", "run_child"]
+__all__ = ["ROOT", "CountServer", "EchoServer", "FloodServer", "progress", "run_child"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -78,6 +78,40 @@ class FloodServer:
     def close(self) -> None:
         """Wait for the server to end by itself (after its one connection)."""
         _end(self.process, self.process.stdout)
+
+
+class CountServer:
+    """A :mod:`benchmarks.count_server` child process counting one client's frames."""
+
+    def __init__(self, size: int, count: int, deadline: float) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.count_server", "--size", str(size),
+             "--count", str(count), "--deadline", str(deadline)],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )
+        try:
+            self.port = _read_port(self.process, "count server")
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/"
+
+    def close(self) -> dict[str, Any]:
+        """Wait for the server to end (after its one connection); return its counts."""
+        stdout = self.process.stdout
+        assert stdout is not None
+        try:
+            out, _ = self.process.communicate(timeout=SERVER_EXIT_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            out, _ = self.process.communicate()
+        lines = [line for line in out.splitlines() if line.startswith("{")]
+        result: dict[str, Any] = json.loads(lines[-1]) if lines else \
+            {"error": f"count server said nothing (exit status {self.process.returncode})"}
+        return result
 
 
 class EchoServer:
