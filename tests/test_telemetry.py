@@ -423,19 +423,36 @@ def test_dropped_engines_are_collected(echo_server: WsServer, otel: Telemetry,
     assert alive == 0, f"{alive} of 1000 dropped engines are still alive"
 
 
+class Counting(WebsocketClient):
+    """Sets ``done`` once ``expected`` messages arrived."""
+
+    def __init__(self, expected: int) -> None:
+        self.expected = expected
+        self.count = 0
+        self.done = threading.Event()
+
+    def on_message(self, session: Session, message: Message) -> None:
+        self.count += 1
+        if self.count >= self.expected:
+            self.done.set()
+
+
 def test_engines_sharing_a_provider_report_separate_series(echo_server: WsServer,
                                                            otel: Telemetry) -> None:
     """Each metric point names its engine (``name=``, else the URL without credentials or
     query), so two engines on one provider do not merge into one series."""
     url = echo_server.url.replace("ws://", "ws://user:pw-secret@") + "?token=" + SECRET_TOKEN
-    named = WebsocketEngine(echo_server.url, WebsocketClient(), config=CONFIG,
+    named_client, unnamed_client = Counting(2), Counting(1)
+    named = WebsocketEngine(echo_server.url, named_client, config=CONFIG,
                             meter_provider=otel.meter_provider, name="feed-a")
-    unnamed = WebsocketEngine(url, WebsocketClient(), config=CONFIG,
+    unnamed = WebsocketEngine(url, unnamed_client, config=CONFIG,
                               meter_provider=otel.meter_provider)
     with named, unnamed:
         named.send("a")
         named.send("b")
         unnamed.send("c")
+        # The echoes must be in before the stop, or no point is received to look at.
+        assert named_client.done.wait(5) and unnamed_client.done.wait(5)
     default_name = f"ws://127.0.0.1:{echo_server.port}/"
 
     def by_engine(name: str) -> dict[str, float]:
