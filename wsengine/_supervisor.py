@@ -343,6 +343,10 @@ class Supervisor:
     def _next_session(self, previous: Session, end: SessionEnd) -> Session | None:
         """Reconnect when the policy says so; None when the engine stops."""
         if not self._reconnects_after(end):
+            if (end.kind is EndKind.LOST and end.close is not None
+                    and end.close.code in self._config.stop_on_close_codes):
+                logger.warning("the peer closed with %d, one of stop_on_close_codes: "
+                               "stopping for good", end.close.code)
             return None
         if time.monotonic() - previous._core.opened_at >= self._config.reconnect_reset_after:
             self.attempt = 0
@@ -353,6 +357,13 @@ class Supervisor:
         the session ended, so that the state reads CLOSING, not RECONNECTING, on the way
         to a stop)."""
         if self.stop_requested.is_set() or end.kind in (EndKind.STOP, EndKind.EXIT):
+            return False
+        if (
+            end.kind is EndKind.LOST
+            and end.close is not None
+            and end.close.code in self._config.stop_on_close_codes
+        ):
+            # A refusal such as an auth failure (4001): reconnecting would only loop.
             return False
         return end.kind is not EndKind.LOST or self._config.auto_reconnect
 
