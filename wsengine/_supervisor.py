@@ -24,6 +24,7 @@ engine's ``_publish``, ``_closing``, ``_unpublish`` and ``_finish_run``.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import random
 import secrets
@@ -114,6 +115,9 @@ class Supervisor:
         self.stopper: threading.Thread | None = None
         self.interrupt: BaseException | None = None  # KeyboardInterrupt/SystemExit in a callback
         self.attempt = 0  # backoff exponent k; back to 0 after a connection lived long enough
+        # Whether the adapter's write takes the ``timeout`` keyword (the shipped ones do; a
+        # 0.1 adapter does not, and then send(timeout=) bounds only the rate-limit wait).
+        self._write_timeout = _accepts_timeout(engine._adapter.write)
         self.rng = random.Random()
 
     def remaining(self, default: float | None) -> float | None:
@@ -180,7 +184,12 @@ class Supervisor:
         session_ctx = trace.set_span_in_context(span)
         session._core.span = span
         session._core.otel_ctx = session_ctx
-        session._core.count_sent = self._telemetry.count_sent
+        core = session._core
+        core.count_sent = self._telemetry.count_sent
+        core.limiter = self._engine._limiter
+        core.write_timeout = self._write_timeout
+        core.stopping = self.stop_requested.is_set
+        core.send_timed_out = lambda: self._telemetry.send_timed_out(span)
         try:
             self._in_session(session, "on_open", self._client.on_open, session, response, restarting
             )
@@ -253,6 +262,9 @@ class Supervisor:
         """Called once per session, from whichever thread ended it: stop its reader."""
         if how.kind is EndKind.EXIT:
             self.stop_requested.set()
+        limiter = self._engine._limiter
+        if limiter is not None:
+            limiter.wake()  # its senders waiting for a token give up
         dispatcher = self.dispatcher
         if dispatcher is not None and self.session is session:
             dispatcher.drain()
@@ -467,6 +479,19 @@ class Supervisor:
         )
         self.stopper = stopper
         stopper.start()
+
+
+def _accepts_timeout(write: Callable[..., object]) -> bool:
+    """Tell whether an adapter's ``write`` takes a ``timeout`` keyword."""
+    try:
+        parameters = inspect.signature(write).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(
+        p.kind is inspect.Parameter.VAR_KEYWORD
+        or (p.name == "timeout" and p.kind is not inspect.Parameter.POSITIONAL_ONLY)
+        for p in parameters
+    )
 
 
 def _release(session: Session) -> None:
