@@ -43,6 +43,7 @@ from wsengine._reconnect import backoff_delay, is_fatal_status, retry_wait
 from wsengine.errors import ConnectionClosedError, EngineStateError, HandshakeError
 from wsengine.session import AdapterLease, EndKind, LeasedConnection, Session, SessionEnd
 from wsengine.telemetry import (
+    EVENT_MESSAGES_DROPPED,
     SPAN_CLOSE,
     SPAN_DIAL,
     SPAN_RESTART,
@@ -65,6 +66,16 @@ if TYPE_CHECKING:
 __all__ = ["Supervisor"]
 
 logger = logging.getLogger("wsengine")
+
+#: Seconds between two tries of the backstop reader to take the read turn (how late, at
+#: most, it starts reading once every worker is busy).
+BACKSTOP_TICK = 0.1
+
+#: Bytes the backstop reader holds back when the adapter says no ``max_size``.
+DEFAULT_HOLD_LIMIT = 2**20
+
+#: At most one WARNING (and span event) about dropped messages per this many seconds.
+DROP_WARNING_INTERVAL = 10.0
 
 #: Close codes that end a session span without an error status.
 _CLEAN_CLOSE_CODES = frozenset({1000, 1001, 1005, 1012})
@@ -115,6 +126,9 @@ class Supervisor:
         self.stopper: threading.Thread | None = None
         self.interrupt: BaseException | None = None  # KeyboardInterrupt/SystemExit in a callback
         self.attempt = 0  # backoff exponent k; back to 0 after a connection lived long enough
+        # Bytes the backstop reader may hold back with overflow="block": the adapter's
+        # max_size (a message can be that big anyway), or 1 MiB when it has none.
+        self._hold_limit = _hold_limit(engine._adapter)
         # Whether the adapter's write takes the ``timeout`` keyword (the shipped ones do; a
         # 0.1 adapter does not, and then send(timeout=) bounds only the rate-limit wait).
         self._write_timeout = _accepts_timeout(engine._adapter.write)
@@ -230,6 +244,9 @@ class Supervisor:
             received=self._count_received if self._telemetry.metrics_live else None,
             name=f"wsengine-worker-{self.number}",
             otel_ctx=session_ctx,
+            overflow=self._config.overflow,
+            hold_limit=self._hold_limit,
+            dropped=lambda count: self._count_dropped(session, count),
         )
         with self._state_lock:
             self.dispatcher = dispatcher
@@ -270,24 +287,58 @@ class Supervisor:
             dispatcher.drain()
 
     def _serve(self, session: Session) -> SessionEnd:
-        """Wait until the session ends, keeping the connection alive meanwhile."""
+        """Wait until the session ends, keeping the connection alive meanwhile: keepalive
+        pings, and the backstop reader while every worker is busy (see ``_Serving``)."""
         interval = self._config.ping_interval
         timeout = self._config.ping_timeout
-        if interval is None or timeout is None:
-            session._core.ended.wait()
-        else:
-            keepalive = Keepalive(
-                session.conn, interval, timeout,
-                paused=self._paused,
-                reading=lambda: self.dispatcher is not None and self.dispatcher.waiting_for_data,
-                rtt=self._telemetry.record_rtt,
-            )
-            if keepalive.watch(session._core.ended):
-                session._core.end(SessionEnd(EndKind.LOST, CloseMessage(1006, "keepalive timeout")))
-                session.conn.abort()
+        dispatcher = self.dispatcher
+        ended = session._core.ended
+        serving = _Serving(ended, dispatcher) if dispatcher is not None else ended
+        try:
+            if interval is None or timeout is None:
+                while not serving.wait(None):
+                    pass
+            else:
+                keepalive = Keepalive(
+                    session.conn, interval, timeout,
+                    paused=self._paused,
+                    reading=lambda: dispatcher is not None and (
+                        dispatcher.waiting_for_data or dispatcher.backstop_reading
+                    ),
+                    rtt=self._telemetry.record_rtt,
+                )
+                if keepalive.watch(serving):
+                    session._core.end(
+                        SessionEnd(EndKind.LOST, CloseMessage(1006, "keepalive timeout"))
+                    )
+                    session.conn.abort()
+        finally:
+            if dispatcher is not None:
+                dispatcher.release_backstop()
         end = session._core.end_reason
         assert end is not None
         return end
+
+    def _count_dropped(self, session: Session, count: int) -> None:
+        """The overflow policy discarded ``count`` messages (backstop reader's thread):
+        count them; warn, and note it on the session's span, at most every 10 s."""
+        engine = self._engine
+        engine._dropped += count
+        self._telemetry.count_dropped(count)
+        engine._drops_unreported += count
+        now = time.monotonic()
+        if now - engine._drops_reported_at < DROP_WARNING_INTERVAL:
+            return
+        unreported, engine._drops_unreported = engine._drops_unreported, 0
+        engine._drops_reported_at = now
+        logger.warning(
+            "overflow=%r: %d message(s) dropped since the last warning (%d in all); "
+            "on_message is slower than the peer sends", self._config.overflow, unreported,
+            engine._dropped,
+        )
+        span = session._core.span
+        if span.is_recording():
+            span.add_event(EVENT_MESSAGES_DROPPED, {"wsengine.dropped.count": unreported})
 
     def _paused(self) -> bool:
         return self._pause.wanted > 0
@@ -479,6 +530,49 @@ class Supervisor:
         )
         self.stopper = stopper
         stopper.start()
+
+
+class _Serving(threading.Event):
+    """What the supervisor waits on while a session is served: the session's ``ended``
+    event, whose ``wait`` runs the dispatcher's backstop reader meanwhile.
+
+    Someone must read while every worker is in ``on_message`` (the slow callback that
+    would otherwise cost the connection its pings): the supervisor, which only waits
+    between keepalive pings, does it. Every ``BACKSTOP_TICK`` it tries the read turn; when
+    no worker holds it, it reads (``Dispatcher.backstop``) until a worker wants the turn
+    back. Its own flag is unused: ``wait`` and ``is_set`` are the session's.
+    """
+
+    def __init__(self, ended: threading.Event, dispatcher: Dispatcher) -> None:
+        super().__init__()
+        self._ended = ended
+        self._dispatcher = dispatcher
+
+    def is_set(self) -> bool:
+        return self._ended.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the session ended (True) or ``timeout`` passed (False)."""
+        ended = self._ended
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if ended.is_set():
+                return True
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                return False
+            until = now + BACKSTOP_TICK if deadline is None else min(deadline, now + BACKSTOP_TICK)
+            if not self._dispatcher.backstop(until):
+                ended.wait(max(0.0, until - time.monotonic()))
+
+
+def _hold_limit(adapter: object) -> int:
+    """The backstop's hold-back bound for ``adapter`` (its ``max_size``, or 1 MiB)."""
+    for name in ("max_size", "_max_size"):
+        value = getattr(adapter, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return DEFAULT_HOLD_LIMIT
 
 
 def _accepts_timeout(write: Callable[..., object]) -> bool:

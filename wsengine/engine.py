@@ -198,6 +198,10 @@ class WebsocketEngine:
         # Messages discarded by the overflow policy since the engine was created; added to
         # by the reader of the moment only (one thread at a time), read by anyone.
         self._dropped = 0
+        # The rate-limited drop warning: when it was last given, and drops since then
+        # (supervisor thread only).
+        self._drops_reported_at = -math.inf
+        self._drops_unreported = 0
 
     def __repr__(self) -> str:
         return f"<WebsocketEngine {self._display_url} {self._state.name}>"
