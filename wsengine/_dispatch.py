@@ -8,6 +8,14 @@ Here the worker that finds the hand-off empty takes the read turn, refills it wi
 ``queue_size`` parsed messages in one non-blocking pass, and then runs callbacks like the
 others. With one worker nothing ever changes threads, and arrival order is kept.
 
+While every worker is in ``on_message`` no worker reads; then the supervisor's thread
+reads instead (the backstop reader, :meth:`Dispatcher.backstop`, called between its
+keepalive checks): it takes the read turn only when no worker holds it, reads into a
+hold-back deque that workers empty before they read again (so order is kept), and gives
+the turn back as soon as a worker wants it. It bounds what it holds by ``max_size`` bytes
+(``overflow="block"``) or by ``queue_size`` messages (the drop policies). The fast path
+does not change: a worker looks at the hold-back deque only when the hand-off is empty.
+
 The worker threads are those of one ``concurrent.futures.ThreadPoolExecutor`` per session
 (``max_workers=workers``, threads named ``wsengine-worker-<run>_<i>``). Each worker loop is
 one ``submit`` that runs until the session drains: the executor hosts the loops, it does

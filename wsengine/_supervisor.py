@@ -8,7 +8,10 @@ reconnect loop on its own thread, ``wsengine-supervisor-N``:
 
 - open: dial through the run's view of the adapter, run ``on_open``, publish the session
   (the engine's state reads ``OPEN`` only then), start the session's workers;
-- serve: keep the connection alive (keepalive pings) until the session ends;
+- serve: keep the connection alive until the session ends: keepalive pings, and, while
+  every worker is in ``on_message``, the backstop reader (``Dispatcher.backstop``), so
+  that pings are answered and a close or a dead peer is noticed however slow the
+  callbacks (``_Serving``);
 - close: drain and join the workers, run ``on_close``, send the close frame;
 - reconnect: wait the backoff delay, dial again, ``on_restart_error`` on failure.
 

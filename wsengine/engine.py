@@ -5,8 +5,10 @@
 Threads of one running engine (all daemon, all named ``wsengine-...``):
 
 - the supervisor (``wsengine-supervisor-N``, see ``_supervisor``): dials, runs
-  ``on_open``/``on_close`` and ``on_restart_error``, keeps the connection alive (keepalive
-  pings), closes sessions and reconnects. It ends when the engine stops for good.
+  ``on_open``/``on_close`` and ``on_restart_error``, sends what ``send_buffer`` queued,
+  keeps the connection alive (keepalive pings, and reading while every worker is busy:
+  the backstop reader of ``_dispatch``), closes sessions and reconnects. It ends when the
+  engine stops for good.
 - the stopper (``wsengine-stopper``), only when a callback raised KeyboardInterrupt or
   SystemExit: it stops that run as ``stop()`` would, and is joined by ``stop()`` and
   ``wait()``.
