@@ -33,6 +33,12 @@ API_DEFAULTS: dict[str, Any] = {
     "stop_timeout": 10.0,
     "ping_interval": 20.0,
     "ping_timeout": 20.0,
+    # Release 0.2 (issue 11)
+    "overflow": "block",
+    "stop_on_close_codes": frozenset(),
+    "send_buffer": 0,
+    "send_rate": None,
+    "send_burst": 1,
 }
 
 # RELIABILITY C3 mapped onto API.md's names (reconnect_delay_base -> _initial, the

@@ -8,6 +8,14 @@ Here the worker that finds the hand-off empty takes the read turn, refills it wi
 ``queue_size`` parsed messages in one non-blocking pass, and then runs callbacks like the
 others. With one worker nothing ever changes threads, and arrival order is kept.
 
+While every worker is in ``on_message`` no worker reads; then the supervisor's thread
+reads instead (the backstop reader, :meth:`Dispatcher.backstop`, called between its
+keepalive checks): it takes the read turn only when no worker holds it, reads into a
+hold-back deque that workers empty before they read again (so order is kept), and gives
+the turn back as soon as a worker wants it. It bounds what it holds by ``max_size`` bytes
+(``overflow="block"``) or by ``queue_size`` messages (the drop policies). The fast path
+does not change: a worker looks at the hold-back deque only when the hand-off is empty.
+
 The worker threads are those of one ``concurrent.futures.ThreadPoolExecutor`` per session
 (``max_workers=workers``, threads named ``wsengine-worker-<run>_<i>``). Each worker loop is
 one ``submit`` that runs until the session drains: the executor hosts the loops, it does
@@ -73,6 +81,13 @@ MAX_READ_ERRORS_IN_A_ROW = 10
 #: falls back to plain threads (they take a few thread starts).
 HOSTED_START_TIMEOUT = 5.0
 
+#: Longest the backstop reader waits on the socket in one go: how soon it notices a worker
+#: that wants the read turn back if the wake-up raced it.
+BACKSTOP_SLICE = 0.05
+
+#: Messages the backstop reader asks for in one non-blocking pass.
+BACKSTOP_BATCH = 64
+
 
 def _exit_join_listing() -> MutableMapping[threading.Thread, Any] | None:
     """The stdlib's listing of executor threads joined at exit, or None if it is gone."""
@@ -136,6 +151,12 @@ class Dispatcher:
         received: called with each read batch (metrics), or None.
         name: thread name prefix (the executor's ``thread_name_prefix``).
         otel_ctx: the OpenTelemetry context workers attach, so callbacks see the session.
+        overflow: ``"block"``, ``"drop_oldest"`` or ``"drop_newest"`` (what the backstop
+            reader does with what it reads while every worker is busy).
+        hold_limit: with ``"block"``, bytes of messages the backstop reader may hold back;
+            it stops reading once they are reached (TCP backpressure).
+        dropped: called on the backstop reader's thread with each number of messages the
+            overflow policy discarded.
     """
 
     def __init__(
@@ -151,8 +172,14 @@ class Dispatcher:
         received: Callable[[list[Message]], None] | None = None,
         name: str,
         otel_ctx: otel_context.Context,
+        overflow: str = "block",
+        hold_limit: int = 2**20,
+        dropped: Callable[[int], None] | None = None,
     ) -> None:
         self._conn = conn
+        self._overflow = overflow
+        self._hold_limit = hold_limit
+        self._dropped = dropped
         self._pause_lock = pause_lock
         self._workers = workers
         self._queue_size = queue_size
@@ -180,6 +207,21 @@ class Dispatcher:
         # take the pause lock.
         self._drain_signal = threading.Event()
         self.waiting_for_data = False  # the reader is blocked waiting on the socket
+        # Messages the backstop reader read while every worker was busy: newer than all of
+        # _ready, taken by workers once _ready is empty. Appended by the backstop (holding
+        # the read turn), popped by workers; both under _held_lock (a few statements), which
+        # also guards _held_bytes. Bounded by hold_limit bytes ("block") or, with _ready,
+        # by queue_size messages (drop policies); gone with the session.
+        self._held: collections.deque[Message] = collections.deque()
+        self._held_lock = threading.Lock()
+        self._held_bytes = 0
+        # True while the backstop (the supervisor's thread) holds the read turn; a worker
+        # that finds the turn taken then sets _turn_wanted and wakes it, and it lets go.
+        self._backstop_holding = False
+        self._turn_wanted = False
+        #: True while the backstop holds the read turn, has read all the socket had, and
+        #: may read more: silence from the peer then means something (the keepalive's cue).
+        self.backstop_reading = False
         # The worker threads, known once start() returns (the engine's run.threads).
         self.threads: list[threading.Thread] = []
         # The session's executor while its threads host the loops (None on the fallback);
@@ -196,8 +238,9 @@ class Dispatcher:
 
     @property
     def depth(self) -> int:
-        """Messages read but not yet taken by a worker (at most ``queue_size``)."""
-        return len(self._ready)
+        """Messages read but not yet taken by a worker: at most ``queue_size``, plus what
+        the backstop reader holds back with ``overflow="block"``."""
+        return len(self._ready) + len(self._held)
 
     def start(self, early: Iterable[Message] = ()) -> None:
         """Start the workers; ``early`` messages (read during ``on_open``) go first.
@@ -312,6 +355,7 @@ class Dispatcher:
     def _work_loop(self) -> None:
         ready = self._ready
         popleft = ready.popleft
+        held = self._held
         deliver = self._deliver
         pause = self._pause_lock
         followers = self._followers
@@ -320,26 +364,38 @@ class Dispatcher:
             try:
                 message = popleft()
             except IndexError:
-                if self._draining:
-                    return
-                if self._read_turn.acquire(blocking=False):
-                    try:
-                        self._refill()
-                    finally:
-                        self._read_turn.release()
-                    if several:
+                if held:
+                    # What the backstop read while we were all busy: next in line.
+                    taken = self._take_held()
+                    if taken is None:
+                        continue
+                    message = taken
+                else:
+                    if self._draining:
+                        return
+                    if self._read_turn.acquire(blocking=False):
+                        try:
+                            self._refill()
+                        finally:
+                            self._read_turn.release()
+                        if several:
+                            with followers:
+                                if self._idle:
+                                    followers.notify()
+                    else:
+                        if self._backstop_holding:
+                            # The backstop reads while we are all busy: we are not now.
+                            self._turn_wanted = True
+                            self._conn.wake_reader()
                         with followers:
-                            if self._idle:
-                                followers.notify()
-                elif several:
-                    with followers:
-                        if not ready and self._read_turn.locked() and not self._draining:
-                            self._idle += 1
-                            try:
-                                followers.wait()
-                            finally:
-                                self._idle -= 1
-                continue
+                            if (not ready and not held and self._read_turn.locked()
+                                    and not self._draining):
+                                self._idle += 1
+                                try:
+                                    followers.wait()
+                                finally:
+                                    self._idle -= 1
+                    continue
             if several and ready and self._idle:
                 # Messages are left: wake one more follower (the racy read of _idle only
                 # risks a missed wake-up, and the leader wakes followers after each refill).
@@ -356,6 +412,8 @@ class Dispatcher:
         the socket happens without it, so a pausing thread gets the lock at once even
         against a silent server.
         """
+        if self._held:
+            return  # the backstop read ahead: those go first
         conn = self._conn
         pause = self._pause_lock
         errors_in_a_row = 0
@@ -397,6 +455,128 @@ class Dispatcher:
                     return
         finally:
             self.waiting_for_data = False
+
+    def _take_held(self) -> Message | None:
+        """Pop the oldest held-back message (None if another worker took the last)."""
+        with self._held_lock:
+            try:
+                message = self._held.popleft()
+            except IndexError:
+                return None
+            self._held_bytes -= len(message.data)
+            return message
+
+    # -- the backstop reader ---------------------------------------------------------------
+    #
+    # Runs on the supervisor's thread (see _supervisor), between its keepalive checks: when
+    # no worker holds the read turn (they are all in on_message), it takes the turn and
+    # reads, so that pings are answered and the peer's close and a dead connection are
+    # noticed however long the callbacks take. What it reads goes to _held: with "block"
+    # up to hold_limit bytes (then it stops reading: TCP backpressure); with the drop
+    # policies, _ready and _held together keep at most queue_size messages. It gives the
+    # turn back as soon as a worker wants it.
+
+    def backstop(self, until: float) -> bool:
+        """Read while every worker is busy, until ``until`` (``time.monotonic()``), the
+        session drains, or a worker wants the read turn.
+
+        Called by the supervisor only. Blocks at most until ``until`` (plus one
+        non-blocking read pass). Returns True when it still holds the read turn at
+        ``until`` (call again to go on), False when it does not (a worker reads, a user
+        wants the pause lock, the hold-back is full, the session drains): the caller
+        then waits until ``until`` before trying again.
+        """
+        block = self._overflow == "block"
+        if not self._backstop_holding:
+            if (self._draining or self._pause_lock.wanted
+                    or (block and self._held_bytes >= self._hold_limit)
+                    or not self._read_turn.acquire(blocking=False)):
+                return False
+            self._backstop_holding = True
+        conn = self._conn
+        pause = self._pause_lock
+        # "block" reads one message at a time, so that the hold-back ends at most one
+        # message past hold_limit; the drop policies read in batches (they never back up).
+        size = 1 if block else BACKSTOP_BATCH
+        while True:
+            if (self._draining or self._turn_wanted or self._idle or pause.wanted
+                    or (block and self._held_bytes >= self._hold_limit)
+                    or not engine_acquire(pause, False)):
+                self.release_backstop()
+                return False
+            error: Exception | None = None
+            try:
+                batch = conn.read_available(size)
+            except Exception as exc:
+                batch, error = [], exc
+            finally:
+                engine_release(pause)
+            if isinstance(error, ConnectionClosedError):
+                # The peer's close, or the connection died: as a worker reader would.
+                self._draining = True
+                self.release_backstop()
+                self._lost(error)
+                return False
+            if error is not None:
+                self.release_backstop()
+                self._read_error(error)
+                return False
+            if batch:
+                self.backstop_reading = False
+                self._hold(batch)
+                if self._received is not None:
+                    self._received(batch)
+                continue
+            # All the socket had is read: silence from now on says something.
+            self.backstop_reading = True
+            left = until - time.monotonic()
+            if left <= 0:
+                return True  # keep the turn, and the keepalive's cue, to the next call
+            conn.wait_readable(min(left, BACKSTOP_SLICE))
+
+    def release_backstop(self) -> None:
+        """Give the read turn back, if the backstop holds it, and wake a waiting worker.
+        Supervisor only; idempotent."""
+        if not self._backstop_holding:
+            return
+        self.backstop_reading = False
+        self._backstop_holding = False
+        self._turn_wanted = False
+        self._read_turn.release()
+        with self._followers:
+            self._followers.notify_all()
+
+    def _hold(self, batch: list[Message]) -> None:
+        """Keep what the backstop read, applying the overflow policy."""
+        held = self._held
+        dropped = 0
+        with self._held_lock:
+            if self._overflow == "block":
+                held.extend(batch)
+                self._held_bytes += sum(len(message.data) for message in batch)
+            else:
+                ready = self._ready
+                bound = self._queue_size
+                newest = self._overflow == "drop_newest"
+                for message in batch:
+                    if len(ready) + len(held) >= bound:
+                        if newest:
+                            dropped += 1
+                            continue
+                        if held:
+                            self._held_bytes -= len(held.popleft().data)
+                            dropped += 1
+                        else:
+                            try:
+                                ready.popleft()  # a worker may take it first: then no drop
+                            except IndexError:
+                                pass
+                            else:
+                                dropped += 1
+                    held.append(message)
+                    self._held_bytes += len(message.data)
+        if dropped and self._dropped is not None:
+            self._dropped(dropped)
 
     def _take_pause_lock(self) -> bool:
         """Acquire the pause lock for one read pass, after any user who wants it; False

@@ -16,7 +16,8 @@ runs before ``fork()`` returns there), every engine that was running:
   the child's copies of the file descriptors are closed with ``close()`` alone, never
   ``shutdown()``, a close frame or a TLS ``close_notify``; the parent's connection, whose
   descriptors the parent still holds, goes on untouched;
-- gets a new state lock and a new pause lock, its session is marked closed, and its run
+- gets a new state lock, a new pause lock and a new send rate limiter (its send buffer
+  is dropped, counted in ``dropped_sends``), its session is marked closed, and its run
   (threads, dispatcher, events) is dropped; the session's span is not ended: it is the
   parent's to end (ending it here would export a second copy of it);
 - is ``STOPPED``: ``send()`` raises :class:`~wsengine.errors.EngineStateError` saying the
@@ -31,6 +32,7 @@ runs before the fork or after it in the parent.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import threading
@@ -38,6 +40,7 @@ import weakref
 from typing import TYPE_CHECKING
 
 from wsengine._pause import PauseLock
+from wsengine.session import TokenBucket
 from wsengine.types import EngineState
 
 if TYPE_CHECKING:
@@ -77,6 +80,13 @@ def _forget(engine: WebsocketEngine, parent: int) -> None:
     engine._state_lock = threading.Lock()
     engine._pause = PauseLock()
     engine.pause_lock = engine._pause
+    # The send buffer was the parent's to send (counted as dropped here, like a stop), and
+    # the rate limiter's condition may be held by a parent thread: a fresh one.
+    engine._dropped_sends += len(engine._send_buffer)
+    engine._send_buffer = collections.deque()
+    config = engine._config
+    if config.send_rate is not None:
+        engine._limiter = TokenBucket(config.send_rate, config.send_burst)
     run = engine._run
     sessions = {engine._session, run.session if run is not None else None}
     for session in sessions:

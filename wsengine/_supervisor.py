@@ -8,7 +8,10 @@ reconnect loop on its own thread, ``wsengine-supervisor-N``:
 
 - open: dial through the run's view of the adapter, run ``on_open``, publish the session
   (the engine's state reads ``OPEN`` only then), start the session's workers;
-- serve: keep the connection alive (keepalive pings) until the session ends;
+- serve: keep the connection alive until the session ends: keepalive pings, and, while
+  every worker is in ``on_message``, the backstop reader (``Dispatcher.backstop``), so
+  that pings are answered and a close or a dead peer is noticed however slow the
+  callbacks (``_Serving``);
 - close: drain and join the workers, run ``on_close``, send the close frame;
 - reconnect: wait the backoff delay, dial again, ``on_restart_error`` on failure.
 
@@ -24,6 +27,7 @@ engine's ``_publish``, ``_closing``, ``_unpublish`` and ``_finish_run``.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import random
 import secrets
@@ -42,6 +46,7 @@ from wsengine._reconnect import backoff_delay, is_fatal_status, retry_wait
 from wsengine.errors import ConnectionClosedError, EngineStateError, HandshakeError
 from wsengine.session import AdapterLease, EndKind, LeasedConnection, Session, SessionEnd
 from wsengine.telemetry import (
+    EVENT_MESSAGES_DROPPED,
     SPAN_CLOSE,
     SPAN_DIAL,
     SPAN_RESTART,
@@ -64,6 +69,16 @@ if TYPE_CHECKING:
 __all__ = ["Supervisor"]
 
 logger = logging.getLogger("wsengine")
+
+#: Seconds between two tries of the backstop reader to take the read turn (how late, at
+#: most, it starts reading once every worker is busy).
+BACKSTOP_TICK = 0.1
+
+#: Bytes the backstop reader holds back when the adapter says no ``max_size``.
+DEFAULT_HOLD_LIMIT = 2**20
+
+#: At most one WARNING (and span event) about dropped messages per this many seconds.
+DROP_WARNING_INTERVAL = 10.0
 
 #: Close codes that end a session span without an error status.
 _CLEAN_CLOSE_CODES = frozenset({1000, 1001, 1005, 1012})
@@ -114,6 +129,12 @@ class Supervisor:
         self.stopper: threading.Thread | None = None
         self.interrupt: BaseException | None = None  # KeyboardInterrupt/SystemExit in a callback
         self.attempt = 0  # backoff exponent k; back to 0 after a connection lived long enough
+        # Bytes the backstop reader may hold back with overflow="block": the adapter's
+        # max_size (a message can be that big anyway), or 1 MiB when it has none.
+        self._hold_limit = _hold_limit(engine._adapter)
+        # Whether the adapter's write takes the ``timeout`` keyword (the shipped ones do; a
+        # 0.1 adapter does not, and then send(timeout=) bounds only the rate-limit wait).
+        self._write_timeout = _accepts_timeout(engine._adapter.write)
         self.rng = random.Random()
 
     def remaining(self, default: float | None) -> float | None:
@@ -184,7 +205,12 @@ class Supervisor:
         session_ctx = trace.set_span_in_context(span)
         session._core.span = span
         session._core.otel_ctx = session_ctx
-        session._core.count_sent = self._telemetry.count_sent
+        core = session._core
+        core.count_sent = self._telemetry.count_sent
+        core.limiter = self._engine._limiter
+        core.write_timeout = self._write_timeout
+        core.stopping = self.stop_requested.is_set
+        core.send_timed_out = lambda: self._telemetry.send_timed_out(span)
         try:
             self._in_session(session, "on_open", self._client.on_open, session, response, restarting
             )
@@ -225,6 +251,9 @@ class Supervisor:
             received=self._count_received if self._telemetry.metrics_live else None,
             name=f"wsengine-worker-{self.number}",
             otel_ctx=session_ctx,
+            overflow=self._config.overflow,
+            hold_limit=self._hold_limit,
+            dropped=lambda count: self._count_dropped(session, count),
         )
         with self._state_lock:
             self.dispatcher = dispatcher
@@ -257,29 +286,66 @@ class Supervisor:
         """Called once per session, from whichever thread ended it: stop its reader."""
         if how.kind is EndKind.EXIT:
             self.stop_requested.set()
+        limiter = self._engine._limiter
+        if limiter is not None:
+            limiter.wake()  # its senders waiting for a token give up
         dispatcher = self.dispatcher
         if dispatcher is not None and self.session is session:
             dispatcher.drain()
 
     def _serve(self, session: Session) -> SessionEnd:
-        """Wait until the session ends, keeping the connection alive meanwhile."""
+        """Wait until the session ends, keeping the connection alive meanwhile: keepalive
+        pings, and the backstop reader while every worker is busy (see ``_Serving``)."""
         interval = self._config.ping_interval
         timeout = self._config.ping_timeout
-        if interval is None or timeout is None:
-            session._core.ended.wait()
-        else:
-            keepalive = Keepalive(
-                session.conn, interval, timeout,
-                paused=self._paused,
-                reading=lambda: self.dispatcher is not None and self.dispatcher.waiting_for_data,
-                rtt=self._telemetry.record_rtt,
-            )
-            if keepalive.watch(session._core.ended):
-                session._core.end(SessionEnd(EndKind.LOST, CloseMessage(1006, "keepalive timeout")))
-                session.conn.abort()
+        dispatcher = self.dispatcher
+        ended = session._core.ended
+        serving = _Serving(ended, dispatcher) if dispatcher is not None else ended
+        try:
+            if interval is None or timeout is None:
+                while not serving.wait(None):
+                    pass
+            else:
+                keepalive = Keepalive(
+                    session.conn, interval, timeout,
+                    paused=self._paused,
+                    reading=lambda: dispatcher is not None and (
+                        dispatcher.waiting_for_data or dispatcher.backstop_reading
+                    ),
+                    rtt=self._telemetry.record_rtt,
+                )
+                if keepalive.watch(serving):
+                    session._core.end(
+                        SessionEnd(EndKind.LOST, CloseMessage(1006, "keepalive timeout"))
+                    )
+                    session.conn.abort()
+        finally:
+            if dispatcher is not None:
+                dispatcher.release_backstop()
         end = session._core.end_reason
         assert end is not None
         return end
+
+    def _count_dropped(self, session: Session, count: int) -> None:
+        """The overflow policy discarded ``count`` messages (backstop reader's thread):
+        count them; warn, and note it on the session's span, at most every 10 s."""
+        engine = self._engine
+        engine._dropped += count
+        self._telemetry.count_dropped(count)
+        engine._drops_unreported += count
+        now = time.monotonic()
+        if now - engine._drops_reported_at < DROP_WARNING_INTERVAL:
+            return
+        unreported, engine._drops_unreported = engine._drops_unreported, 0
+        engine._drops_reported_at = now
+        logger.warning(
+            "overflow=%r: %d message(s) dropped since the last warning (%d in all); "
+            "on_message is slower than the peer sends", self._config.overflow, unreported,
+            engine._dropped,
+        )
+        span = session._core.span
+        if span.is_recording():
+            span.add_event(EVENT_MESSAGES_DROPPED, {"wsengine.dropped.count": unreported})
 
     def _paused(self) -> bool:
         return self._pause.wanted > 0
@@ -347,6 +413,10 @@ class Supervisor:
     def _next_session(self, previous: Session, end: SessionEnd) -> Session | None:
         """Reconnect when the policy says so; None when the engine stops."""
         if not self._reconnects_after(end):
+            if (end.kind is EndKind.LOST and end.close is not None
+                    and end.close.code in self._config.stop_on_close_codes):
+                logger.warning("the peer closed with %d, one of stop_on_close_codes: "
+                               "stopping for good", end.close.code)
             return None
         if time.monotonic() - previous._core.opened_at >= self._config.reconnect_reset_after:
             self.attempt = 0
@@ -357,6 +427,13 @@ class Supervisor:
         the session ended, so that the state reads CLOSING, not RECONNECTING, on the way
         to a stop)."""
         if self.stop_requested.is_set() or end.kind in (EndKind.STOP, EndKind.EXIT):
+            return False
+        if (
+            end.kind is EndKind.LOST
+            and end.close is not None
+            and end.close.code in self._config.stop_on_close_codes
+        ):
+            # A refusal such as an auth failure (4001): reconnecting would only loop.
             return False
         return end.kind is not EndKind.LOST or self._config.auto_reconnect
 
@@ -460,6 +537,62 @@ class Supervisor:
         )
         self.stopper = stopper
         stopper.start()
+
+
+class _Serving(threading.Event):
+    """What the supervisor waits on while a session is served: the session's ``ended``
+    event, whose ``wait`` runs the dispatcher's backstop reader meanwhile.
+
+    Someone must read while every worker is in ``on_message`` (the slow callback that
+    would otherwise cost the connection its pings): the supervisor, which only waits
+    between keepalive pings, does it. Every ``BACKSTOP_TICK`` it tries the read turn; when
+    no worker holds it, it reads (``Dispatcher.backstop``) until a worker wants the turn
+    back. Its own flag is unused: ``wait`` and ``is_set`` are the session's.
+    """
+
+    def __init__(self, ended: threading.Event, dispatcher: Dispatcher) -> None:
+        super().__init__()
+        self._ended = ended
+        self._dispatcher = dispatcher
+
+    def is_set(self) -> bool:
+        return self._ended.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the session ended (True) or ``timeout`` passed (False)."""
+        ended = self._ended
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if ended.is_set():
+                return True
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                return False
+            until = now + BACKSTOP_TICK if deadline is None else min(deadline, now + BACKSTOP_TICK)
+            if not self._dispatcher.backstop(until):
+                ended.wait(max(0.0, until - time.monotonic()))
+
+
+def _hold_limit(adapter: object) -> int:
+    """The backstop's hold-back bound for ``adapter`` (its ``max_size``, or 1 MiB)."""
+    for name in ("max_size", "_max_size"):
+        value = getattr(adapter, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return DEFAULT_HOLD_LIMIT
+
+
+def _accepts_timeout(write: Callable[..., object]) -> bool:
+    """Tell whether an adapter's ``write`` takes a ``timeout`` keyword."""
+    try:
+        parameters = inspect.signature(write).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(
+        p.kind is inspect.Parameter.VAR_KEYWORD
+        or (p.name == "timeout" and p.kind is not inspect.Parameter.POSITIONAL_ONLY)
+        for p in parameters
+    )
 
 
 def _release(session: Session) -> None:

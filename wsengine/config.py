@@ -5,12 +5,15 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 
 from wsengine.errors import ConfigError
 
-__all__ = ["EngineConfig"]
+__all__ = ["OVERFLOW_POLICIES", "EngineConfig"]
+
+#: The values ``EngineConfig.overflow`` accepts.
+OVERFLOW_POLICIES = frozenset({"block", "drop_oldest", "drop_newest"})
 
 #: ``ping_timeout``'s default; the only value it may keep when keepalive is off.
 _DEFAULT_PING_TIMEOUT = 20.0
@@ -79,6 +82,29 @@ class EngineConfig:
     #: (reported as close 1006). None only when ``ping_interval`` is None.
     ping_timeout: float | None = _DEFAULT_PING_TIMEOUT
 
+    #: What happens when ``queue_size`` messages wait and every worker is busy:
+    #: ``"block"`` holds back what arrives (up to the adapter's ``max_size`` bytes, so
+    #: pings are still answered), then stops reading (TCP backpressure); ``"drop_oldest"``
+    #: discards the oldest waiting message, ``"drop_newest"`` the arriving one (counted in
+    #: ``engine.dropped``); with those the engine never stops reading.
+    overflow: str = "block"
+
+    #: Close codes from the peer after which the engine stops for good instead of
+    #: reconnecting (e.g. ``{1008, 4001}``); any iterable of ints from 1000 to 4999,
+    #: stored as a frozenset.
+    stop_on_close_codes: frozenset[int] = field(default_factory=frozenset)
+
+    #: Messages ``engine.send()`` may queue while no session is open (CONNECTING,
+    #: RECONNECTING), sent in order right after the next ``on_open`` returns; >= 0.
+    send_buffer: int = 0
+
+    #: Data messages per second allowed out of the engine (one token bucket over every
+    #: send); None: no limit; > 0.
+    send_rate: float | None = None
+
+    #: Tokens the bucket holds: messages that may go out back to back; >= 1.
+    send_burst: int = 1
+
     def __post_init__(self) -> None:
         _check_int(self, "workers", minimum=1)
         _check_int(self, "queue_size", minimum=1)
@@ -92,6 +118,12 @@ class EngineConfig:
         _check_float(self, "reconnect_reset_after", rule=">= 0", ok=lambda x: x >= 0)
         for name in ("open_timeout", "stop_timeout", "ping_interval", "ping_timeout"):
             _check_float(self, name, rule="> 0", ok=lambda x: x > 0, optional=True)
+        if not isinstance(self.overflow, str) or self.overflow not in OVERFLOW_POLICIES:
+            raise _error("overflow", '"block", "drop_oldest" or "drop_newest"', self.overflow)
+        _check_close_codes(self)
+        _check_int(self, "send_buffer", minimum=0)
+        _check_float(self, "send_rate", rule="> 0", ok=lambda x: x > 0, optional=True)
+        _check_int(self, "send_burst", minimum=1)
 
         if self.reconnect_delay_max < self.reconnect_delay_initial:
             raise ConfigError(
@@ -120,6 +152,19 @@ def _check_int(config: EngineConfig, name: str, *, minimum: int,
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         expected = f"an int >= {minimum}" + (" or None" if optional else "")
         raise _error(name, expected, value)
+
+
+def _check_close_codes(config: EngineConfig) -> None:
+    value: object = config.stop_on_close_codes
+    expected = "an iterable of int close codes from 1000 to 4999"
+    # A str or bytes is iterable but surely a mistake; a mapping would keep its keys only.
+    if isinstance(value, str | bytes | bytearray) or not isinstance(value, Iterable):
+        raise _error("stop_on_close_codes", expected, value)
+    codes = tuple(value)
+    for code in codes:
+        if isinstance(code, bool) or not isinstance(code, int) or not 1000 <= code <= 4999:
+            raise _error("stop_on_close_codes", expected, value)
+    object.__setattr__(config, "stop_on_close_codes", frozenset(codes))
 
 
 def _check_bool(config: EngineConfig, name: str) -> None:

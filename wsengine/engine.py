@@ -5,8 +5,10 @@
 Threads of one running engine (all daemon, all named ``wsengine-...``):
 
 - the supervisor (``wsengine-supervisor-N``, see ``_supervisor``): dials, runs
-  ``on_open``/``on_close`` and ``on_restart_error``, keeps the connection alive (keepalive
-  pings), closes sessions and reconnects. It ends when the engine stops for good.
+  ``on_open``/``on_close`` and ``on_restart_error``, sends what ``send_buffer`` queued,
+  keeps the connection alive (keepalive pings, and reading while every worker is busy:
+  the backstop reader of ``_dispatch``), closes sessions and reconnects. It ends when the
+  engine stops for good.
 - the stopper (``wsengine-stopper``), only when a callback raised KeyboardInterrupt or
   SystemExit: it stops that run as ``stop()`` would, and is joined by ``stop()`` and
   ``wait()``.
@@ -22,6 +24,7 @@ Threads of one running engine (all daemon, all named ``wsengine-...``):
 from __future__ import annotations
 
 import atexit
+import collections
 import logging
 import math
 import re
@@ -53,7 +56,7 @@ from wsengine.errors import (
     EngineStartError,
     EngineStateError,
 )
-from wsengine.session import EndKind, Session, SessionEnd
+from wsengine.session import EndKind, Session, SessionEnd, TokenBucket, send_deadline
 from wsengine.telemetry import (
     SPAN_START,
     SPAN_STOP,
@@ -201,6 +204,22 @@ class WebsocketEngine:
         # The parent's pid while this is a forked child's copy of a running engine (set by
         # _fork, cleared by start()); send() then says so.
         self._forked_from: int | None = None
+        # Messages send() queued while no session was open (config.send_buffer); guarded
+        # by _state_lock; emptied by the supervisor after the next on_open, or dropped
+        # (and counted) when a run stops for good.
+        self._send_buffer: collections.deque[str | bytes] = collections.deque()
+        self._dropped_sends = 0
+        # The send rate limit over every session of every run (None: no limit).
+        self._limiter: TokenBucket | None = (
+            None if config.send_rate is None else TokenBucket(config.send_rate, config.send_burst)
+        )
+        # Messages discarded by the overflow policy since the engine was created; added to
+        # by the reader of the moment only (one thread at a time), read by anyone.
+        self._dropped = 0
+        # The rate-limited drop warning: when it was last given, and drops since then
+        # (supervisor thread only).
+        self._drops_reported_at = -math.inf
+        self._drops_unreported = 0
 
     def __repr__(self) -> str:
         return f"<WebsocketEngine {self._display_url} {self._state.name}>"
@@ -219,6 +238,18 @@ class WebsocketEngine:
     def session(self) -> Session | None:
         """The open session, or None (also while ``on_open`` runs)."""
         return self._session
+
+    @property
+    def dropped(self) -> int:
+        """Messages read and discarded by the ``overflow`` policy since the engine was
+        created (always 0 with ``"block"``)."""
+        return self._dropped
+
+    @property
+    def dropped_sends(self) -> int:
+        """Messages queued by ``send()`` (``send_buffer``) that were never sent because
+        the engine stopped for good first."""
+        return self._dropped_sends
 
     @property
     def config(self) -> EngineConfig:
@@ -351,6 +382,8 @@ class WebsocketEngine:
             dialing = run.dialing
             if self._state in _RUNNING_STATES:
                 self._state = EngineState.CLOSING
+        if self._limiter is not None:
+            self._limiter.wake()  # senders waiting for a token see the stop and give up
         with self._telemetry.operation(SPAN_STOP, self._target_attributes()):
             if dialing:
                 # No session to close gracefully: cut the dial (or handshake) now rather
@@ -440,9 +473,19 @@ class WebsocketEngine:
         if run is not None and run.interrupt is not None:
             raise run.interrupt
 
-    def send(self, data: str | bytes) -> None:
+    def send(self, data: str | bytes, timeout: float | None = None) -> None:
         """Send on the current session: TEXT for ``str``, BINARY for ``bytes``. Thread-safe;
-        blocks until the data is handed to the kernel.
+        blocks until the data is handed to the kernel (after waiting for a token when
+        ``send_rate`` is set).
+
+        ``timeout`` bounds the whole send in seconds, as :meth:`Session.send` says (None:
+        no limit); past it ``TimeoutError`` is raised, and a frame partly written fails
+        the connection (1006, then a reconnect as usual).
+
+        With ``send_buffer`` > 0, a send while no session is open (``CONNECTING``, also
+        while ``on_open`` runs, or ``RECONNECTING``) queues the message and returns at
+        once; queued messages go out in order right after the next ``on_open`` returns,
+        before any later send.
 
         Whatever the moment in a reconnect, a send that finds no open session raises the
         same error: ``EngineStateError`` (never ``ConnectionClosedError``), so callers
@@ -452,22 +495,60 @@ class WebsocketEngine:
             EngineStateError: no open session: ``CONNECTING`` (also while ``on_open``
                 runs), ``RECONNECTING``, ``CLOSING``, ``STOPPED``, or the session closed
                 during the call (the ``ConnectionClosedError`` is chained as
-                ``__cause__``), or this is a child process forked while the engine ran
-                (the message says how to fix it).
+                ``__cause__``), or the engine stopped while the send waited for its
+                token, or the send buffer is full, or this is a child process forked
+                while the engine ran (the message says how to fix it).
+            TimeoutError: ``timeout`` passed.
             TypeError: ``data`` is neither str nor bytes.
+            ConfigError: ``timeout`` is not a positive number or None.
         """
         session = self._session
         if session is None or self._state is not EngineState.OPEN:
             parent = self._forked_from
             if parent is not None:
                 raise EngineStateError(_fork.forked_send_message(parent, self._display_url))
-            raise EngineStateError(f"send() with no open session ({self._state.name})")
+            session = self._queue_or_session(data, timeout)
+            if session is None:
+                return
         try:
-            session.send(data)
+            session.send(data, timeout)
         except ConnectionClosedError as error:
             raise EngineStateError(
                 f"send() with no open session: the connection closed ({error.code})"
             ) from error
+
+    def _queue_or_session(self, data: str | bytes, timeout: float | None) -> Session | None:
+        """``send()`` found no open session: queue ``data`` (``send_buffer``) and return
+        None, or return the session that opened meanwhile.
+
+        Raises:
+            EngineStateError: nothing to queue into (see ``send()``).
+        """
+        limit = self._config.send_buffer
+        if limit:
+            if not isinstance(data, str | bytes | bytearray | memoryview):
+                raise TypeError(f"send() takes str or bytes, not {type(data).__name__}")
+            send_deadline("send()", timeout)  # a bad timeout is refused here too
+        with self._state_lock:
+            state = self._state
+            session = self._session
+            run = self._run
+            if state is EngineState.OPEN and session is not None:
+                return session
+            if limit and state in (EngineState.CONNECTING, EngineState.RECONNECTING) and (
+                run is not None and not run.stop_requested.is_set()
+            ):
+                if len(self._send_buffer) >= limit:
+                    raise EngineStateError(
+                        f"send() with no open session ({state.name}) and the send buffer "
+                        f"full ({limit} messages)"
+                    )
+                # A copy: the caller may reuse a bytearray once send() returned.
+                self._send_buffer.append(
+                    data if isinstance(data, str | bytes) else bytes(data)
+                )
+                return None
+        raise EngineStateError(f"send() with no open session ({state.name})")
 
     def __enter__(self) -> WebsocketEngine:
         self.start()
@@ -489,23 +570,52 @@ class WebsocketEngine:
             if current:
                 self._state = EngineState.STOPPED
                 self._session = None
+                # Stopped for good: what send() queued will never go out.
+                dropped = len(self._send_buffer)
+                self._send_buffer.clear()
+                self._dropped_sends += dropped
+            else:
+                dropped = 0
+        if dropped:
+            logger.warning("stopped with %d queued send(s) never sent (send_buffer)", dropped)
         run.stopped.set()
         if current:
             _running_engines.discard(self)
 
     def _publish(self, run: Supervisor, session: Session) -> tuple[bool, bool]:
-        """``on_open`` returned: make ``session`` the engine's, unless ``start()`` gave up
-        on ``run`` or a newer run owns the engine. Returns ``(published, stopping)``."""
-        with self._state_lock:
-            if run.abandoned or self._run is not run:
-                published = False
-            else:
-                published = True
-                run.session = session
-                self._session = session
-                if self._state is not EngineState.CLOSING:
-                    self._state = EngineState.OPEN
-            return published, run.stop_requested.is_set()
+        """``on_open`` returned: send what ``send()`` queued meanwhile, then make
+        ``session`` the engine's, unless ``start()`` gave up on ``run`` or a newer run owns
+        the engine. Returns ``(published, stopping)``.
+
+        Runs on the supervisor thread. The buffer is emptied and the session published
+        in one critical section, so a ``send()`` either queues before the last message is
+        taken or finds the session open: nothing queued is overtaken.
+        """
+        flushing = True
+        while True:
+            with self._state_lock:
+                stopping = run.stop_requested.is_set()
+                if run.abandoned or self._run is not run:
+                    return False, stopping
+                buffer = self._send_buffer
+                if not flushing or not buffer or stopping:
+                    run.session = session
+                    self._session = session
+                    if self._state is not EngineState.CLOSING:
+                        self._state = EngineState.OPEN
+                    return True, stopping
+                data = buffer.popleft()
+            try:
+                session.send(data)
+            except Exception as error:
+                # The connection failed (the reader will say so) or the engine is
+                # stopping: keep the message for the next session, or for the count of
+                # dropped sends.
+                with self._state_lock:
+                    buffer.appendleft(data)
+                logger.info("sending the queued messages stopped: %s: %s",
+                            type(error).__name__, scrub(str(error)))
+                flushing = False
 
     def _closing(self, run: Supervisor, stopping: bool) -> None:
         """``run``'s session is closing: the state says whether a reconnect follows."""

@@ -21,7 +21,7 @@ from wsengine.adapters.base import ConnectionAdapter
 from wsengine.errors import ConfigError, ConnectionClosedError, EngineStateError
 from wsengine.types import CloseMessage, HandshakeResponse, Message
 
-__all__ = ["AdapterLease", "LeasedConnection", "MatchFunction", "Session"]
+__all__ = ["AdapterLease", "LeasedConnection", "MatchFunction", "Session", "TokenBucket"]
 
 _T = TypeVar("_T")
 
@@ -33,6 +33,71 @@ MatchFunction = Callable[[Message], bool]
 
 def _ignore(count: int) -> None:
     return None
+
+
+def _never() -> bool:
+    return False
+
+
+def send_deadline(name: str, timeout: float | None) -> float | None:
+    """The ``time.monotonic()`` deadline of a send bounded by ``timeout`` (None: none).
+
+    Raises:
+        ConfigError: ``timeout`` is not a positive finite number or None.
+    """
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not (
+        math.isfinite(timeout) and timeout > 0
+    ):
+        raise ConfigError(f"{name} timeout must be a positive number or None, got {timeout!r}")
+    return time.monotonic() + timeout
+
+
+class TokenBucket:
+    """The engine's send rate limit: ``rate`` tokens a second, at most ``burst`` saved.
+
+    One per engine, shared by every session of every run (the limit is on the engine's
+    output, whichever session sends). Thread-safe.
+    """
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self._rate = rate
+        self._burst = float(burst)
+        self._tokens = float(burst)
+        self._stamp = time.monotonic()
+        # Guards the tokens; senders wait on it for their token, woken by time or by
+        # wake() (a stop, a session's end). Held for a few statements; waits release it.
+        self._cond = threading.Condition(threading.Lock())
+
+    def take(self, deadline: float | None, halted: Callable[[], bool]) -> bool:
+        """Take a token, waiting for it until ``deadline``; False (no token taken) once
+        ``halted()`` says the send must not happen any more (checked on every wake-up).
+
+        Blocks the calling thread. Raises TimeoutError when ``deadline`` passes first.
+        """
+        with self._cond:
+            while True:
+                if halted():
+                    return False
+                now = time.monotonic()
+                self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
+                self._stamp = now
+                if self._tokens >= 1.0:
+                    self._tokens -= 1.0
+                    return True
+                wait = (1.0 - self._tokens) / self._rate
+                if deadline is not None:
+                    left = deadline - now
+                    if left <= 0:
+                        raise TimeoutError("timed out waiting for the send rate limit")
+                    wait = min(wait, left)
+                self._cond.wait(wait)
+
+    def wake(self) -> None:
+        """Make every waiting sender look again at its ``halted`` (does not block long)."""
+        with self._cond:
+            self._cond.notify_all()
 
 
 #: Raised by a connection view whose lease was revoked (its session closed, or a newer
@@ -288,6 +353,17 @@ class _SessionCore:
         self.otel_ctx: otel_context.Context | None = None
         # Counts a sent message (the engine's messages-sent counter).
         self.count_sent: Callable[[int], None] = _ignore
+        # Set by the supervisor: the engine's rate limit, whether the adapter's write takes
+        # a timeout, what a send that timed out reports, and whether the engine is
+        # stopping (a send waiting for its token then gives up).
+        self.limiter: TokenBucket | None = None
+        self.write_timeout = False
+        self.send_timed_out: Callable[[], None] = lambda: None
+        self.stopping: Callable[[], bool] = _never
+
+    def halted(self) -> bool:
+        """True once a send on this session must not go out any more."""
+        return self.closed or self.ended.is_set() or self.stopping()
 
     def offer(self, message: Message) -> bool:
         """Give ``message`` to the first pending request it matches; True if taken."""
@@ -372,20 +448,48 @@ class Session:
         """True once the connection is closed (or its closing has begun)."""
         return self._core.closed
 
-    def send(self, data: str | bytes) -> None:
+    def send(self, data: str | bytes, timeout: float | None = None) -> None:
         """Send a TEXT (``str``) or BINARY (``bytes``) message. Thread-safe; blocks until
-        the data is handed to the kernel.
+        the data is handed to the kernel, after waiting for a token when the engine has a
+        ``send_rate``.
+
+        ``timeout`` bounds the whole send in seconds (None: no limit): the wait for the
+        rate limiter and for the kernel to take the frame. If part of the frame had
+        already gone out, the connection is failed (aborted: ``on_close`` gets 1006 and
+        the engine reconnects as usual). With an adapter whose ``write`` takes no
+        ``timeout`` keyword (the 0.1 contract), only the rate-limiter wait is bounded.
 
         Raises:
             TypeError: ``data`` is neither ``str`` nor bytes-like.
-            ConnectionClosedError: the connection is closed.
+            ConnectionClosedError: the connection is closed, or closed (or the engine
+                stopped) while the send waited for its token.
+            TimeoutError: ``timeout`` passed.
+            ConfigError: ``timeout`` is not a positive number or None.
         """
         if not isinstance(data, str | bytes | bytearray | memoryview):
             raise TypeError(f"send() takes str or bytes, not {type(data).__name__}")
         core = self._core
         if core.closed:
             raise ConnectionClosedError(core.closed_code(), "session closed")
-        self.conn.write(data)
+        limiter = core.limiter
+        if timeout is None and limiter is None:
+            self.conn.write(data)  # the common case, kept short
+            core.count_sent(1)
+            return
+        deadline = send_deadline("send()", timeout)
+        try:
+            if limiter is not None and not limiter.take(deadline, core.halted):
+                code = core.closed_code() if core.ended.is_set() else 1001
+                raise ConnectionClosedError(code, "session closed while the send waited")
+            if deadline is not None and core.write_timeout:
+                # The shipped adapters' write takes a timeout; the 0.1 contract's has none.
+                write: Callable[..., None] = self.conn.write
+                write(data, timeout=max(0.0, deadline - time.monotonic()))
+            else:
+                self.conn.write(data)
+        except TimeoutError:
+            core.send_timed_out()
+            raise
         core.count_sent(1)
 
     def restart(self) -> None:

@@ -33,6 +33,8 @@ from wsengine.version import __version__
 
 __all__ = [
     "ENGINE_ATTRIBUTE",
+    "EVENT_MESSAGES_DROPPED",
+    "EVENT_SEND_TIMEOUT",
     "SPAN_CALLBACK_PREFIX",
     "SPAN_CLOSE",
     "SPAN_DIAL",
@@ -54,6 +56,11 @@ SPAN_RECEIVE = "wsengine.receive"
 SPAN_CLOSE = "wsengine.close"
 SPAN_RESTART = "wsengine.restart"
 SPAN_CALLBACK_PREFIX = "wsengine.callback."
+#: Span events on a session's span: a send that raised TimeoutError; messages discarded
+#: by the overflow policy (attribute ``wsengine.dropped.count``: how many since the last
+#: such event, added at most once per 10 s with the warning).
+EVENT_SEND_TIMEOUT = "wsengine.send.timeout"
+EVENT_MESSAGES_DROPPED = "wsengine.messages.dropped"
 
 AttributeValue = str | bool | int | float
 T = TypeVar("T")
@@ -139,6 +146,14 @@ class _Instruments:
         self.keepalive_rtt = meter.create_histogram(
             "wsengine.keepalive.rtt", unit="s", description="ping to pong round-trip time"
         )
+        self.messages_dropped = meter.create_counter(
+            "wsengine.messages.dropped", unit="{message}",
+            description="data messages read and discarded by the overflow policy",
+        )
+        self.send_timeouts = meter.create_counter(
+            "wsengine.send.timeouts", unit="{message}",
+            description="sends that raised TimeoutError",
+        )
         # The engines reporting here, held weakly: a dropped engine (started or not) is
         # collected, and its gauge points vanish with it. Added to by Telemetry(), read by
         # the gauge callback on the SDK's collecting thread (WeakSet iteration is safe
@@ -211,6 +226,8 @@ class Telemetry:
         self._open_connections = instruments.open_connections
         self.callback_duration = instruments.callback_duration
         self._keepalive_rtt = instruments.keepalive_rtt
+        self._messages_dropped = instruments.messages_dropped
+        self._send_timeouts = instruments.send_timeouts
         instruments.sources.add(self)
 
     def count_received(self, messages: int, size: int) -> None:
@@ -233,6 +250,16 @@ class Telemetry:
     def record_rtt(self, seconds: float) -> None:
         """Record one keepalive round-trip time."""
         self._keepalive_rtt.record(seconds, self.attributes)
+
+    def count_dropped(self, messages: int) -> None:
+        """Count data messages discarded by the overflow policy."""
+        self._messages_dropped.add(messages, self.attributes)
+
+    def send_timed_out(self, span: Span) -> None:
+        """Count a send that timed out, and note it on the session's ``span``."""
+        self._send_timeouts.add(1, self.attributes)
+        if span.is_recording():
+            span.add_event(EVENT_SEND_TIMEOUT)
 
     def callback_attributes(self, name: str) -> Mapping[str, AttributeValue]:
         """The attributes of ``wsengine.callback.duration`` for callback ``name`` (cached:

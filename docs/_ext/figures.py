@@ -91,8 +91,9 @@ def states_svg() -> str:
 #: Clients drawn in the plot, with their colour and legend text.
 CLIENTS = {
     "raw": ("#9e9e9e", "websocket-client recv() loop"),
-    "wsapp": ("#bcaaa4", "websocket-client WebSocketApp"),
-    "websockets": ("#90caf9", "websockets sync client"),
+    "picows": ("#ef9a9a", "picows (Cython, asyncio)"),
+    "aiohttp": ("#ffcc80", "aiohttp client"),
+    "websockets-async": ("#90caf9", "websockets asyncio client"),
     "wsengine-w1": ("#2e7d32", "wsengine, workers=1"),
     "wsengine-w4": ("#66bb6a", "wsengine, workers=4"),
     "wsengine-ws": ("#a5d6a7", "wsengine, WebsocketsAdapter"),

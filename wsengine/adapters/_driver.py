@@ -365,29 +365,59 @@ class SocketDriver:
 
     # -- writing --------------------------------------------------------------------------
 
-    def write(self, data: str | bytes | bytearray | memoryview) -> None:
+    def write(
+        self, data: str | bytes | bytearray | memoryview, timeout: float | None = None
+    ) -> None:
         """Send one message: TEXT for ``str``, BINARY for bytes-like. Blocks until the
-        frame is handed to the kernel; teardown from another thread ends the wait."""
+        frame is handed to the kernel, at most ``timeout`` seconds (None: no limit);
+        teardown from another thread ends the wait.
+
+        Raises:
+            TimeoutError: ``timeout`` passed. If none of the frame had gone out (and no
+                compression context moved), the connection is untouched; otherwise it is
+                torn down (a partial frame cannot be taken back): readers then see 1006.
+            ConnectionClosedError: the connection is closed.
+        """
         if isinstance(data, str):
             build = self._protocol.send_text
         elif isinstance(data, bytes | bytearray | memoryview):
             build = self._protocol.send_binary  # type: ignore[assignment]
         else:
             raise TypeError(f"data must be str or bytes, not {type(data).__name__}")
-        self._send_mutex.acquire()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._send_mutex.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
+            raise TimeoutError("timed out waiting for another send to finish")
+        frame_size = 0
+        failed = False
         try:
             if self._torn_down:
                 raise self._closed()
             # Control frames queued before this message go first; the protocol refuses a
-            # data frame once a close frame was queued.
-            self._flush(None, blocking=True)
-            self._pending = memoryview(build(data))  # type: ignore[arg-type]
-            self._flush(None, blocking=True, control=False)
+            # data frame once a close frame was queued. A timeout here leaves nothing of
+            # ours half-sent: the control frame in progress stays pending for the next turn.
+            self._flush(deadline, blocking=True)
+            frame = build(data)  # type: ignore[arg-type]
+            frame_size = len(frame)
+            self._pending = memoryview(frame)
+            self._flush(deadline, blocking=True, control=False)
             # Pongs queued meanwhile go now if the socket takes them at once; else the
             # next send turn, or the reader's wait, sends them.
             self._flush(None, blocking=False)
+        except TimeoutError:
+            pending = self._pending
+            if frame_size and pending is not None:
+                if len(pending) == frame_size and self._protocol._extension is None:
+                    self._pending = None  # not one byte went: as if never sent
+                else:
+                    # Part of the frame went out, or the compressor's context took it in:
+                    # the stream cannot go on.
+                    failed = True
+            raise
         finally:
             self._release_send_turn()
+            if failed:
+                self._drop_reason = "a send timed out with its frame partly written"
+                self._teardown()
 
     def ping(self, payload: bytes) -> None:
         """Queue a ping and send it if the send turn is free; never waits for writers."""
@@ -665,7 +695,9 @@ class _NotConnected(SocketDriver):
     def read_available(self, max_messages: int) -> list[Message]:
         raise self._closed()
 
-    def write(self, data: str | bytes | bytearray | memoryview) -> None:
+    def write(
+        self, data: str | bytes | bytearray | memoryview, timeout: float | None = None
+    ) -> None:
         if not isinstance(data, str | bytes | bytearray | memoryview):
             raise TypeError(f"data must be str or bytes, not {type(data).__name__}")
         raise self._closed()
@@ -851,18 +883,21 @@ class DrivenAdapter(ConnectionAdapter):
         """
         return self._driver.read(timeout)
 
-    def write(self, data: str | bytes) -> None:
+    def write(self, data: str | bytes, timeout: float | None = None) -> None:
         """Send one message: TEXT for ``str``, BINARY for bytes-like data. Thread-safe.
 
-        Blocks until the frame is handed to the kernel; ``abort()`` from another thread
-        ends the wait. Pongs and pings never wait behind it for long: they go out right
-        after it, and reading goes on meanwhile.
+        Blocks until the frame is handed to the kernel, at most ``timeout`` seconds (None:
+        no limit; an extension of the adapter contract, whose ``write`` has no timeout);
+        ``abort()`` from another thread ends the wait. Pongs and pings never wait behind
+        it for long: they go out right after it, and reading goes on meanwhile.
 
         Raises:
+            TimeoutError: ``timeout`` passed; if part of the frame had gone out the
+                connection was failed (torn down: the reader sees 1006).
             ConnectionClosedError: the connection is closed, or closed while blocked.
             TypeError: ``data`` is neither ``str`` nor bytes-like.
         """
-        self._driver.write(data)
+        self._driver.write(data, timeout)
 
     def ping(self, payload: bytes = b"") -> None:
         """Send a ping frame; does not wait for the pong (see :attr:`last_pong`), nor for
