@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import base64
 import logging
+import socket
 import ssl
+import subprocess
 import sys
 import threading
 import time
@@ -517,3 +519,44 @@ def test_proxy_credentials_never_reach_logs_errors_or_spans(
     assert any("407" in text for text in texts)
     leaks = [text for text in texts if any(secret in text for secret in SECRETS)]
     assert leaks == []
+
+
+# -- a third-party proxy: pproxy ----------------------------------------------------------
+
+
+@pytest.fixture
+def pproxy_server() -> Iterator[tuple[int, subprocess.Popen[str]]]:
+    """pproxy (from PyPI) serving HTTP CONNECT and SOCKS5 with credentials on 127.0.0.1, in
+    a process of its own, verbose: it prints one line per tunnel."""
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port: int = probe.getsockname()[1]
+    probe.close()
+    command = [sys.executable, "-m", "pproxy", "-l",
+               f"http+socks5://127.0.0.1:{port}#me:pproxy-secret", "-v"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    try:
+        assert process.stdout is not None
+        assert "Serving on" in process.stdout.readline()
+        yield port, process
+    finally:
+        process.terminate()
+        process.wait(10)
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+@pytest.mark.parametrize("scheme", ["http", "socks5"])
+def test_through_pproxy_with_credentials(
+    make: Callable[..., DrivenAdapter], pproxy_server: tuple[int, subprocess.Popen[str]],
+    echo_server: WsServer, scheme: str,
+) -> None:
+    """A real third-party proxy (pproxy), HTTP CONNECT and SOCKS5, with credentials: the
+    message goes through, and pproxy's own log shows the tunnel to the server."""
+    port, process = pproxy_server
+    echo_once(make(proxy=f"{scheme}://me:pproxy-secret@127.0.0.1:{port}"), echo_server.url)
+    assert process.stdout is not None
+    line = process.stdout.readline().strip()
+    assert line.startswith(f"{scheme} 127.0.0.1:")
+    assert line.endswith(f"-> 127.0.0.1:{echo_server.port}")
