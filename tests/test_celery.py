@@ -6,7 +6,6 @@ server, a task sending through its process's engine, and a warm shutdown on SIGT
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import signal
@@ -16,7 +15,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
@@ -151,31 +149,28 @@ def run_worker(env: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
         process.stderr.close()
 
 
-@contextmanager
-def client_app(env: dict[str, str]) -> Iterator[ModuleType]:
-    """example/celery/feedapp.py imported here, as a program that queues tasks would.
+#: What a program that queues a task runs: it imports the app (which creates an engine but
+#: never starts it), queues ``send`` and waits for its result (the pool process's pid).
+#: In a process of its own, so that the Celery client's broker and backend connections
+#: end with it.
+CLIENT = """
+import sys
+import feedapp
+result = feedapp.send.apply_async(args=[sys.argv[1]])
+print(result.get(timeout=float(sys.argv[2])))
+result.forget()
+feedapp.app.close()
+"""
 
-    Importing it creates an engine but never starts one (only the worker's pool processes
-    do, on ``worker_process_init``). The app's broker and backend connections are closed
-    on the way out.
-    """
-    spec = importlib.util.spec_from_file_location("_test_feedapp", PROJECT / "feedapp.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    saved = {key: os.environ.get(key) for key in env}
-    os.environ.update(env)
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                del os.environ[key]
-            else:
-                os.environ[key] = value
-    try:
-        yield module
-    finally:
-        module.app.close()
+
+def run_task(env: dict[str, str], text: str) -> int:
+    """Queue ``feedapp.send(text)`` from a client process; return the task's result."""
+    client = subprocess.run(
+        [sys.executable, "-c", CLIENT, text, str(DEADLINE)],
+        cwd=PROJECT, env=env, capture_output=True, text=True, timeout=DEADLINE + 10,
+    )
+    assert client.returncode == 0, client.stderr
+    return int(client.stdout)
 
 
 def parent_pid(pid: int) -> int:
@@ -193,7 +188,7 @@ def test_prefork_pool_processes_each_hold_a_connection_and_stop_with_1000(
     reaches the feed on its own pool process's connection; SIGTERM (warm shutdown) ends
     both connections with 1000 (``worker_process_shutdown``) and leaves no process."""
     env = app_env(redis.url, feed_server.url)
-    with run_worker(env) as worker, client_app(env) as feedapp:
+    with run_worker(env) as worker:
         main = worker.pid
         wait_for(lambda: len(hellos(recorder)) == 2, DEADLINE)
         pool = set(hellos(recorder))
@@ -201,9 +196,7 @@ def test_prefork_pool_processes_each_hold_a_connection_and_stop_with_1000(
         assert {parent_pid(pid) for pid in pool} == {main}  # both forked by the main process
         assert len(feed_server.connections) == 2
 
-        result = feedapp.send.apply_async(args=["from a task"])
-        pid = result.get(timeout=DEADLINE)
-        result.forget()
+        pid = run_task(env, "from a task")
         assert pid in pool
         index = hellos(recorder)[pid]
         wait_for(lambda: recorder.messages[index][1:] == ["from a task"], DEADLINE)
