@@ -96,24 +96,6 @@ def test_last_received_moves_when_data_arrives(
     assert adapter.last_received >= before
 
 
-def test_read_available_returns_a_batch(
-    echo_server: WsServer, adapter: WebsocketClientAdapter
-) -> None:
-    """read_available gives up to max_messages at once, never blocking."""
-    adapter.dial(echo_server.url, 5)
-    assert adapter.read_available(10) == []
-    for i in range(20):
-        adapter.write(str(i))
-    got: list[Message] = []
-    deadline = time.monotonic() + 5
-    while len(got) < 20 and time.monotonic() < deadline:
-        if adapter.wait_readable(1.0):
-            batch = adapter.read_available(7)
-            assert len(batch) <= 7
-            got += batch
-    assert [m.data for m in got] == [str(i) for i in range(20)]
-
-
 def test_wait_readable_true_when_frames_are_left_buffered(
     adapter: WebsocketClientAdapter,
 ) -> None:
