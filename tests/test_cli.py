@@ -314,7 +314,11 @@ def test_stats_prints_rates_on_stderr_every_second() -> None:
             command.finish()
     assert status == 0
     messages, size = map(int, re.findall(r"\d+", first))
-    assert size == 4 * messages
+    # Rates over an interval of about a second, each rounded to a whole number: the
+    # 50 messages of 4 bytes give 50 msgs/s and 200 bytes/s only if the interval is
+    # exactly 1 s (1.003 s gives 50 and 199). Within rounding, bytes are 4 per message.
+    assert messages >= 1
+    assert abs(size - 4 * messages) <= 2.5
 
 
 @pytest.mark.parametrize("adapter", ["websocket_client", "websockets"])
