@@ -125,6 +125,12 @@ class SocketDriver:
         # waiting). Writers wait on it; the reader only tries it. A holder blocked on a
         # full window lets go when teardown shuts the socket down.
         self._send_mutex = threading.Lock()
+        # Serializes the calls into the TLS object (SSL_read, SSL_write, SSL_pending) of a
+        # wss:// connection: OpenSSL forbids using one SSL object from two threads at once
+        # (a send racing the first read, which processes TLS 1.3 session tickets, lost the
+        # sent record). Held only around one non-blocking call, never while waiting, so
+        # reading still never waits for a blocked write. Plain sockets skip it.
+        self._tls_mutex = threading.Lock()
         # Guards the protocol's state and its queue of control frames, and _torn_down;
         # held for a few statements, never during I/O.
         self._state_mutex = threading.Lock()
@@ -222,7 +228,7 @@ class SocketDriver:
                 continue
             if not blocking:
                 return
-            if self._is_ssl and _ssl_pending(self._sock):
+            if self._is_ssl and self._tls_pending():
                 continue
             self._wait_socket(remaining)
 
@@ -266,7 +272,11 @@ class SocketDriver:
             return -1
         view = self._recv_view
         try:
-            size = self._sock.recv_into(view)
+            if self._is_ssl:
+                with self._tls_mutex:
+                    size = self._sock.recv_into(view)
+            else:
+                size = self._sock.recv_into(view)
         except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return 0
         except (OSError, ValueError) as error:
@@ -300,7 +310,7 @@ class SocketDriver:
         protocol = self._protocol
         if self._torn_down or protocol.state is not State.OPEN or protocol.has_frame():
             return True
-        if self._is_ssl and _ssl_pending(self._sock):
+        if self._is_ssl and self._tls_pending():
             return True
         wait_ms = _poll_ms(timeout)
         if not self._wait_mutex.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
@@ -348,7 +358,7 @@ class SocketDriver:
         if self._torn_down:
             return False
         sock = self._sock
-        if self._is_ssl and _ssl_pending(sock):
+        if self._is_ssl and self._tls_pending():
             return True
         poller = select.poll()
         try:
@@ -490,7 +500,11 @@ class SocketDriver:
             if self._torn_down:
                 raise self._closed()
             try:
-                sent = sock.send(view)
+                if self._is_ssl:
+                    with self._tls_mutex:
+                        sent = sock.send(view)
+                else:
+                    sent = sock.send(view)
             except (BlockingIOError, ssl.SSLWantWriteError):
                 events = _POLLOUT
             except ssl.SSLWantReadError:
@@ -587,7 +601,7 @@ class SocketDriver:
             remaining = _remaining(deadline)
             if remaining is not None and remaining <= 0:
                 return
-            if self._is_ssl and _ssl_pending(self._sock):
+            if self._is_ssl and self._tls_pending():
                 continue
             self._wait_socket(remaining)
 
@@ -658,6 +672,11 @@ class SocketDriver:
         if protocol.failure or protocol.close_rcvd or protocol.close_sent:
             return protocol.closed_error()
         return ConnectionClosedError(1006, self._drop_reason)
+
+    def _tls_pending(self) -> bool:
+        """Tell whether the TLS layer holds decrypted bytes that poll() cannot see."""
+        with self._tls_mutex:
+            return _ssl_pending(self._sock)
 
     @property
     def torn_down(self) -> bool:
