@@ -66,10 +66,22 @@ def run_ws_server(handler: Handler, **serve_kwargs: Any) -> Iterator[WsServer]:
     host, port = server.socket.getsockname()[:2]
     scheme = "wss" if serve_kwargs.get("ssl") is not None else "ws"
     info = WsServer(server, host, port, f"{scheme}://{host}:{port}/", connections)
+    # Set just before shutdown(): websockets 17.0's serve_forever logs the listening
+    # socket's name first thing, which raises EBADF if a test that ends at once (a dial
+    # refused before it leaves the client) shut the server down before that line ran.
+    stopping = threading.Event()
+
+    def serve_until_stopped() -> None:
+        try:
+            server.serve_forever()
+        except OSError:
+            if not stopping.is_set():
+                raise
+
     # Owned by this context manager; serve_forever returns once shutdown() closed the
     # listening socket; joined below.
     serve_thread = threading.Thread(
-        target=server.serve_forever, name="test-ws-server", daemon=True
+        target=serve_until_stopped, name="test-ws-server", daemon=True
     )
     serve_thread.start()
     try:
@@ -77,6 +89,7 @@ def run_ws_server(handler: Handler, **serve_kwargs: Any) -> Iterator[WsServer]:
     finally:
         # shutdown() waits for every handler: run it in a helper thread so that a stuck
         # handler fails the test instead of hanging it.
+        stopping.set()
         shutdown_thread = threading.Thread(
             target=server.shutdown, name="test-ws-server-shutdown", daemon=True
         )
