@@ -36,7 +36,15 @@ import struct
 import sys
 import time
 
-from benchmarks.flood_server import _OP_CLOSE, _OP_PING, _OP_PONG, _handshake, encode_frame
+from benchmarks.flood_server import (
+    _OP_CLOSE,
+    _OP_PING,
+    _OP_PONG,
+    _handshake,
+    encode_frame,
+    parse_client_frame,
+    unmask,
+)
 
 __all__ = ["FrameCounter", "frame_header", "main", "send_payload"]
 
@@ -66,13 +74,6 @@ def frame_header(size: int) -> bytes:
     if size < 1 << 16:
         return struct.pack("!BBH", 0x80 | _OP_BINARY, 0x80 | 126, size)
     return struct.pack("!BBQ", 0x80 | _OP_BINARY, 0x80 | 127, size)
-
-
-def _unmask(masked: bytes | bytearray | memoryview, mask: bytes) -> bytes:
-    size = len(masked)
-    key = (mask * (size // 4 + 1))[:size]
-    value = int.from_bytes(masked, "big") ^ int.from_bytes(key, "big")
-    return value.to_bytes(size, "big")
 
 
 class FrameCounter:
@@ -127,42 +128,22 @@ class FrameCounter:
         for index in {*range(0, whole, _SAMPLE_EVERY), whole - 1}:
             start = index * step + head
             mask = bytes(buf[start:start + 4])
-            payload = _unmask(buf[start + 4:start + 4 + self.size], mask)
+            payload = unmask(buf[start + 4:start + 4 + self.size], mask)
             self.checked += 1
             if payload not in self.good_payloads:
                 self.payload_errors += 1
 
     def _one_frame(self) -> bool:
         """Parse one frame of any kind at the head of the buffer; False if incomplete."""
-        buf = self.buffer
-        if len(buf) < 2:
+        frame = parse_client_frame(self.buffer)
+        if frame is None:
             return False
-        opcode, length, offset = buf[0] & 0x0F, buf[1] & 0x7F, 2
-        masked = buf[1] & 0x80
-        if length == 126:
-            if len(buf) < 4:
-                return False
-            (length,) = struct.unpack_from("!H", buf, 2)
-            offset = 4
-        elif length == 127:
-            if len(buf) < 10:
-                return False
-            (length,) = struct.unpack_from("!Q", buf, 2)
-            offset = 10
-        mask = b""
-        if masked:
-            if len(buf) < offset + 4:
-                return False
-            mask = bytes(buf[offset:offset + 4])
-            offset += 4
-        if len(buf) < offset + length:
-            return False
-        payload = buf[offset:offset + length]
-        del buf[:offset + length]
+        opcode, payload, consumed = frame
+        del self.buffer[:consumed]
         if opcode == _OP_CLOSE:
             self.close_received = True
         elif opcode == _OP_PING:
-            self.pings.append(_unmask(payload, mask) if mask else bytes(payload))
+            self.pings.append(payload)
         elif opcode in (0x1, 0x2, 0x0):
             self.bad += 1  # a data frame not of the expected shape
         else:

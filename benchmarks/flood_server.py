@@ -30,7 +30,7 @@ import struct
 import sys
 import time
 
-__all__ = ["encode_frame", "main", "message_payload"]
+__all__ = ["encode_frame", "main", "message_payload", "parse_client_frame", "unmask"]
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _OP_TEXT, _OP_BINARY, _OP_CLOSE, _OP_PING, _OP_PONG = 0x1, 0x2, 0x8, 0x9, 0xA
@@ -90,36 +90,51 @@ class _ClientFrames:
                 self.pings.append(payload)
 
     def _next_frame(self) -> tuple[int, bytes] | None:
-        buf = self.buffer
-        if len(buf) < 2:
+        frame = parse_client_frame(self.buffer)
+        if frame is None:
             return None
-        opcode = buf[0] & 0x0F
-        masked = buf[1] & 0x80
-        length = buf[1] & 0x7F
-        offset = 2
-        if length == 126:
-            if len(buf) < 4:
-                return None
-            (length,) = struct.unpack_from("!H", buf, 2)
-            offset = 4
-        elif length == 127:
-            if len(buf) < 10:
-                return None
-            (length,) = struct.unpack_from("!Q", buf, 2)
-            offset = 10
-        mask = b""
-        if masked:
-            if len(buf) < offset + 4:
-                return None
-            mask = bytes(buf[offset:offset + 4])
-            offset += 4
-        if len(buf) < offset + length:
-            return None
-        payload = bytes(buf[offset:offset + length])
-        del buf[:offset + length]
-        if mask and opcode >= 0x8:  # only control payloads are looked at: unmask those
-            payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        opcode, payload, consumed = frame
+        del self.buffer[:consumed]
         return opcode, payload
+
+
+def unmask(masked: bytes | bytearray | memoryview, mask: bytes) -> bytes:
+    """XOR a client frame's payload with its 4-byte mask key (one big-integer XOR)."""
+    size = len(masked)
+    key = (mask * (size // 4 + 1))[:size]
+    value = int.from_bytes(masked, "big") ^ int.from_bytes(key, "big")
+    return value.to_bytes(size, "big")
+
+
+def parse_client_frame(buf: bytes | bytearray) -> tuple[int, bytes, int] | None:
+    """Parse the frame at the head of ``buf``: ``(opcode, unmasked payload, bytes it
+    takes)``, or None while it is incomplete. Shared by this server and the counting one."""
+    if len(buf) < 2:
+        return None
+    opcode = buf[0] & 0x0F
+    masked = buf[1] & 0x80
+    length = buf[1] & 0x7F
+    offset = 2
+    if length == 126:
+        if len(buf) < 4:
+            return None
+        (length,) = struct.unpack_from("!H", buf, 2)
+        offset = 4
+    elif length == 127:
+        if len(buf) < 10:
+            return None
+        (length,) = struct.unpack_from("!Q", buf, 2)
+        offset = 10
+    mask = b""
+    if masked:
+        if len(buf) < offset + 4:
+            return None
+        mask = bytes(buf[offset:offset + 4])
+        offset += 4
+    if len(buf) < offset + length:
+        return None
+    payload = buf[offset:offset + length]
+    return opcode, unmask(payload, mask) if mask else bytes(payload), offset + length
 
 
 def _handshake(conn: socket.socket) -> bytes:
