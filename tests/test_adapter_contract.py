@@ -31,10 +31,16 @@ from websockets.http11 import Request, Response
 from websockets.sync.server import ServerConnection
 
 from tests.conftest import TlsMaterial
-from tests.support.rawserver import RawConnection, RawServer, accept_key
+from tests.support.rawserver import RawConnection, RawServer, accept_key, close_frame
 from tests.support.rawserver import encode_frame as server_frame
 from tests.support.recorder import Recorder, fast, stop_and_check
-from tests.support.servers import WsServer, echo_handler, run_ws_server, wait_for
+from tests.support.servers import (
+    WsServer,
+    echo_handler,
+    run_ws_server,
+    server_close_code,
+    wait_for,
+)
 from wsengine import CloseMessage, EngineState, WebsocketEngine
 from wsengine.adapters.base import ConnectionAdapter
 from wsengine.adapters.websocket_client import WebsocketClientAdapter
@@ -124,16 +130,6 @@ def make_adapter(kind: AdapterKind) -> Iterator[AdapterFactory]:
 def adapter(make_adapter: AdapterFactory) -> ConnectionAdapter:
     """An adapter with default options."""
     return make_adapter()
-
-
-def server_close_code(server: WsServer) -> int | None:
-    """The close code the server's first connection received, None until then."""
-    return server.connections[0].close_code if server.connections else None
-
-
-def close_frame(code: int, reason: bytes = b"") -> bytes:
-    """A server close frame carrying ``code`` and ``reason``."""
-    return server_frame(0x8, struct.pack("!H", code) + reason)
 
 
 def start_thread(target: Callable[[], None], name: str) -> threading.Thread:

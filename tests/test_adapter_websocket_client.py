@@ -8,7 +8,6 @@ RELIABILITY A5-A8, A12, B8, B13-B20, B22, B26) is tested once, on both adapters,
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Iterator
 
 import pytest
@@ -16,7 +15,6 @@ from websockets.http11 import Request, Response
 from websockets.sync.server import ServerConnection
 
 from tests.conftest import TlsMaterial
-from tests.support.rawserver import encode_frame as server_frame
 from tests.support.servers import WsServer, echo_handler, run_ws_server
 from wsengine.adapters.websocket_client import WebsocketClientAdapter
 from wsengine.types import Message, MessageType
@@ -31,16 +29,6 @@ def adapter() -> Iterator[WebsocketClientAdapter]:
     conn = WebsocketClientAdapter()
     yield conn
     conn.abort()
-
-
-def server_close_code(server: WsServer) -> int | None:
-    """The close code the server's first connection received, None until then."""
-    return server.connections[0].close_code if server.connections else None
-
-
-def close_frame(code: int, reason: bytes = b"") -> bytes:
-    """A server close frame carrying ``code`` and ``reason``."""
-    return server_frame(0x8, struct.pack("!H", code) + reason)
 
 
 def test_tls_echo_with_a_trusted_ca(tls: TlsMaterial, wss_echo_server: WsServer) -> None:

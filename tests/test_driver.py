@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 
 from tests.conftest import TlsMaterial
-from tests.support.rawserver import RawConnection, RawServer
+from tests.support.rawserver import RawConnection, RawServer, close_frame
 from tests.support.rawserver import encode_frame as server_frame
-from tests.support.servers import WsServer, wait_for
+from tests.support.servers import WsServer, server_close_code, wait_for
 from wsengine.adapters.websocket_client import WebsocketClientAdapter
 from wsengine.errors import ConnectionClosedError
 from wsengine.types import Message, MessageType
@@ -34,16 +34,6 @@ def adapter() -> Iterator[WebsocketClientAdapter]:
     conn = WebsocketClientAdapter()
     yield conn
     conn.abort()
-
-
-def server_close_code(server: WsServer) -> int | None:
-    """The close code the server's first connection received, None until then."""
-    return server.connections[0].close_code if server.connections else None
-
-
-def close_frame(code: int, reason: bytes = b"") -> bytes:
-    """A server close frame carrying ``code`` and ``reason``."""
-    return server_frame(0x8, struct.pack("!H", code) + reason)
 
 
 def test_tls_frame_buffered_in_the_ssl_object_is_seen(tls: TlsMaterial) -> None:

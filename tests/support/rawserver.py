@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from types import TracebackType
 
-__all__ = ["RawConnection", "RawServer", "accept_key", "encode_frame"]
+__all__ = ["RawConnection", "RawServer", "accept_key", "close_frame", "encode_frame"]
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 #: Seconds a RawServer gives its threads to end when it exits.
@@ -69,6 +69,11 @@ def encode_frame(
     key = os.urandom(4)
     masked = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
     return header + key + masked
+
+
+def close_frame(code: int, reason: bytes = b"") -> bytes:
+    """A server close frame carrying ``code`` and ``reason``."""
+    return encode_frame(0x8, struct.pack("!H", code) + reason)
 
 
 class RawConnection:

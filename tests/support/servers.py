@@ -14,7 +14,7 @@ from typing import Any
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.server import Server, ServerConnection, serve
 
-__all__ = ["WsServer", "echo_handler", "run_ws_server", "wait_for"]
+__all__ = ["WsServer", "echo_handler", "run_ws_server", "server_close_code", "wait_for"]
 
 #: Seconds the server gets to shut down (close connections, join its threads).
 SHUTDOWN_DEADLINE = 10.0
@@ -112,3 +112,8 @@ def wait_for(
         if time.monotonic() >= deadline:
             raise AssertionError(f"condition not met within {timeout} s: {predicate!r}")
         time.sleep(interval)
+
+
+def server_close_code(server: WsServer) -> int | None:
+    """The close code the server's first connection received, None until then."""
+    return server.connections[0].close_code if server.connections else None
