@@ -244,6 +244,7 @@ class FrameParser:
         "_decoder",
         "_extension",
         "_fast_max",
+        "_fast_max16",
         "_frag_ext",
         "_frag_opcode",
         "_frag_parts",
@@ -263,6 +264,8 @@ class FrameParser:
         self._frag_ext = False
         # Largest payload the fast path may take: it never needs a max_size check.
         self._fast_max = 125 if max_size is None else min(125, max_size)
+        # Same for the frames with a 16-bit length (126..65535 bytes).
+        self._fast_max16 = 65535 if max_size is None else min(65535, max_size)
         # Bytes received and not parsed yet are buf[pos:], unless a frame is incomplete
         # and longer than what buf held: then they sit in acc (and buf is consumed).
         self._buf: bytes = b""
@@ -346,6 +349,7 @@ class FrameParser:
         binary = _BINARY
         # The fast path takes small frames only while no fragmented message is open.
         fast_max = -1 if self._frag_opcode else self._fast_max
+        fast_max16 = self._fast_max16
         need = 2
         try:
             while count < limit:
@@ -374,6 +378,30 @@ class FrameParser:
                         message = new(Message)
                         set_type(message, binary)
                         set_data(message, buf[pos + 2 : stop])
+                        append(message)
+                        count += 1
+                        pos = stop
+                        continue
+                elif length == 126 and fast_max >= 0 and (first == 0x81 or first == 0x82):
+                    # A 16-bit length (126..65535 bytes): as common as small frames, and
+                    # as simple, once its two length bytes are read.
+                    start = pos + 4
+                    if start > end:
+                        need = 4
+                        break
+                    length = (buf[pos + 2] << 8) | buf[pos + 3]
+                    if length <= fast_max16:
+                        stop = start + length
+                        if stop > end:
+                            need = stop - pos
+                            break
+                        message = new(Message)
+                        if first == 0x81:
+                            set_type(message, text)
+                            set_data(message, buf[start:stop].decode("utf-8"))
+                        else:
+                            set_type(message, binary)
+                            set_data(message, buf[start:stop])
                         append(message)
                         count += 1
                         pos = stop
