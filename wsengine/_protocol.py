@@ -307,12 +307,20 @@ class FrameParser:
             self._pos = 0
             return
         if len(buf) - pos + len(data) >= self._need:
-            self._buf = buf[pos:] + data
+            # One copy: a slice then a concatenation would copy the old part twice.
+            self._buf = buf + data if not pos else b"".join((memoryview(buf)[pos:], data))
         else:
             acc += memoryview(buf)[pos:]
             acc += data
             self._buf = b""
         self._pos = 0
+
+    def wanted(self) -> int:
+        """Bytes still missing from the frame :meth:`parse` stopped in (its header told its
+        size), 0 when that is not known: the reader may read that much at once."""
+        acc = self._acc
+        have = len(acc) if acc else len(self._buf) - self._pos
+        return max(self._need - have, 0)
 
     def has_frame(self) -> bool:
         """Tell whether :meth:`parse` can make progress without more bytes: a whole frame
@@ -630,6 +638,10 @@ class ClientProtocol:
     def buffered(self) -> int:
         """Bytes received and not parsed yet."""
         return self._parser.buffered
+
+    def wanted(self) -> int:
+        """Bytes still missing from the frame being received, when its header told (else 0)."""
+        return self._parser.wanted()
 
     def has_frame(self) -> bool:
         """Tell whether :meth:`read_messages` can progress without more bytes."""
