@@ -516,3 +516,21 @@ def test_encode_close_with_and_without_a_code() -> None:
         OP_CLOSE,
         struct.pack("!H", 1001) + b"bye",
     )
+
+
+def test_wanted_counts_only_the_rest_of_a_partly_buffered_frame() -> None:
+    """The reader sizes its next read by wanted(): 0 with nothing partly buffered (a read
+    of the usual size then), else exactly the bytes the frame still lacks."""
+    parser = FrameParser()
+    assert parser.wanted() == 0
+    frame = server_frame(0x2, b"z" * 70_000)
+    parser.feed(frame[:1])
+    assert parser.wanted() == 1  # the rest of the 2-byte header
+    parser.feed(frame[1:5000])
+    out: list[Message] = []
+    assert parser.parse(out, 16) is None
+    assert parser.wanted() == len(frame) - 5000
+    parser.feed(frame[5000:] + server_frame(0x1, b"ok"))
+    assert parser.parse(out, 16) is None
+    assert out == [Message(BINARY, b"z" * 70_000), Message(TEXT, "ok")]
+    assert parser.wanted() == 0

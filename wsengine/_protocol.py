@@ -302,10 +302,12 @@ class FrameParser:
         self._pos = 0
 
     def wanted(self) -> int:
-        """Bytes still missing from the frame :meth:`parse` stopped in (its header told its
-        size), 0 when that is not known: the reader may read that much at once."""
+        """Bytes still missing from the partly buffered frame :meth:`parse` stopped in (of
+        its header only, until that is whole); 0 when no frame is partly buffered."""
         acc = self._acc
         have = len(acc) if acc else len(self._buf) - self._pos
+        if not have or self.close is not None:
+            return 0
         return max(self._need - have, 0)
 
     def has_frame(self) -> bool:
@@ -481,6 +483,11 @@ class FrameParser:
         stop = start + length
         if stop > end:
             return pos - stop, None
+        if opcode == OP_TEXT and fin and not rsv:
+            # Decoded in place: slicing a bytes copy of a long payload first costs a copy.
+            with memoryview(buf) as view:
+                out.append(Message(_TEXT, str(view[start:stop], "utf-8")))
+            return stop, None
         payload = buf[start:stop]
         if opcode >= 8:
             if opcode == OP_CLOSE:

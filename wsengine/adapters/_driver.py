@@ -272,11 +272,12 @@ class SocketDriver:
         if self._torn_down:
             return -1
         # recv(n) gives a bytes object at once (no copy out of a receive buffer, no idle
-        # 64 KiB buffer per connection); a frame whose header said it needs more than one
-        # usual read is read up to its end in one call, not re-assembled from 64 KiB ones.
+        # 64 KiB buffer per connection). While a frame is partly buffered, read up to its
+        # end only: joining the part buffered with a whole 64 KiB chunk would copy the
+        # chunk once more, and a big frame is not re-assembled from 64 KiB reads.
         protocol = self._protocol
         want = protocol.wanted()
-        size = _RECV_SIZE if want <= _RECV_SIZE else min(want, _MAX_RECV_SIZE)
+        size = min(want, _MAX_RECV_SIZE) if want else _RECV_SIZE
         try:
             if self._is_ssl:
                 with self._tls_mutex:
