@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import pickle
 import struct
 
 import pytest
@@ -126,6 +127,26 @@ def test_fast_path_messages_equal_constructed_messages() -> None:
     assert messages == [Message(TEXT, "a"), Message(BINARY, b"b")]
     assert hash(messages[0]) == hash(Message(TEXT, "a"))
     assert type(messages[0]) is Message
+
+
+def test_parsed_messages_keep_the_message_contract() -> None:
+    """Fast-path messages (small and 16-bit lengths) are immutable, equal by value,
+    hashable, picklable and show their fields, as API.md promises for Message."""
+    big = "x" * 1000
+    messages, _ = feed_and_parse(
+        server_frame(0x1, b"a") + server_frame(0x1, big.encode()) + server_frame(0x2, b"b" * 300)
+    )
+    assert messages == [Message(TEXT, "a"), Message(TEXT, big), Message(BINARY, b"b" * 300)]
+    for message in messages:
+        assert type(message) is Message
+        assert pickle.loads(pickle.dumps(message)) == message
+        assert hash(message) == hash(Message(message.type, message.data))
+        with pytest.raises(AttributeError):
+            message.data = "changed"  # type: ignore[misc]
+        with pytest.raises(AttributeError):
+            message.extra = 1  # type: ignore[attr-defined]
+    assert repr(messages[0]) == "Message(type=<MessageType.TEXT: 1>, data='a')"
+    assert Message(TEXT, "a") != Message(BINARY, "a")
 
 
 def test_many_frames_in_one_chunk_are_all_parsed() -> None:
@@ -495,3 +516,21 @@ def test_encode_close_with_and_without_a_code() -> None:
         OP_CLOSE,
         struct.pack("!H", 1001) + b"bye",
     )
+
+
+def test_wanted_counts_only_the_rest_of_a_partly_buffered_frame() -> None:
+    """The reader sizes its next read by wanted(): 0 with nothing partly buffered (a read
+    of the usual size then), else exactly the bytes the frame still lacks."""
+    parser = FrameParser()
+    assert parser.wanted() == 0
+    frame = server_frame(0x2, b"z" * 70_000)
+    parser.feed(frame[:1])
+    assert parser.wanted() == 1  # the rest of the 2-byte header
+    parser.feed(frame[1:5000])
+    out: list[Message] = []
+    assert parser.parse(out, 16) is None
+    assert parser.wanted() == len(frame) - 5000
+    parser.feed(frame[5000:] + server_frame(0x1, b"ok"))
+    assert parser.parse(out, 16) is None
+    assert out == [Message(BINARY, b"z" * 70_000), Message(TEXT, "ok")]
+    assert parser.wanted() == 0

@@ -52,7 +52,10 @@ from wsengine.types import HandshakeResponse, Message, is_sendable_close_code
 
 __all__ = ["DrivenAdapter", "Handshake", "SocketDriver"]
 
+#: Bytes one socket read asks for, unless a frame being received needs more.
 _RECV_SIZE: Final = 65536
+#: Most one socket read asks for, however big the frame being received.
+_MAX_RECV_SIZE: Final = 1 << 24
 #: Rounds (one socket read, or one parse of at most the protocol's control-frame budget)
 #: that one non-blocking ``read_available`` makes at most: a peer that floods control
 #: frames, which produce no message, cannot hold the reader (and so the engine's pause
@@ -136,8 +139,6 @@ class SocketDriver:
         self._state_mutex = threading.Lock()
         # The rest of a frame partly written: finished first by the next send turn.
         self._pending: memoryview | None = None
-        self._recv_buffer = bytearray(_RECV_SIZE)
-        self._recv_view = memoryview(self._recv_buffer)
         self._torn_down = False
         # Why the connection ended without a close frame, for its 1006.
         self._drop_reason = "connection closed by the peer without a close frame"
@@ -270,13 +271,19 @@ class SocketDriver:
         """
         if self._torn_down:
             return -1
-        view = self._recv_view
+        # recv(n) gives a bytes object at once (no copy out of a receive buffer, no idle
+        # 64 KiB buffer per connection). While a frame is partly buffered, read up to its
+        # end only: joining the part buffered with a whole 64 KiB chunk would copy the
+        # chunk once more, and a big frame is not re-assembled from 64 KiB reads.
+        protocol = self._protocol
+        want = protocol.wanted()
+        size = min(want, _MAX_RECV_SIZE) if want else _RECV_SIZE
         try:
             if self._is_ssl:
                 with self._tls_mutex:
-                    size = self._sock.recv_into(view)
+                    data = self._sock.recv(size)
             else:
-                size = self._sock.recv_into(view)
+                data = self._sock.recv(size)
         except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return 0
         except (OSError, ValueError) as error:
@@ -284,11 +291,11 @@ class SocketDriver:
             # the connection is gone (1006).
             self._drop_reason = f"connection lost ({type(error).__name__})"
             return -1
-        if not size:
+        if not data:
             return -1
         self.last_received = time.monotonic()
-        self._protocol.receive_data(bytes(view[:size]))
-        return size
+        protocol.receive_data(data)
+        return len(data)
 
     def _lost(self) -> None:
         """The TCP connection ended: tell the protocol and release the socket."""
