@@ -7,7 +7,6 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 __all__ = [
     "CloseMessage",
@@ -26,12 +25,9 @@ class MessageType(enum.IntEnum):
     BINARY = 2
 
 
-class Message(NamedTuple):
-    """A whole data message: ``str`` data for TEXT, ``bytes`` for BINARY.
-
-    Immutable, equal by value and hashable. A named tuple (a frozen dataclass in 0.1):
-    the receiving hot path builds one per message, and a tuple builds fastest.
-    """
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A whole data message: ``str`` data for TEXT, ``bytes`` for BINARY."""
 
     type: MessageType
     data: str | bytes
