@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import pickle
 import struct
 
 import pytest
@@ -126,6 +127,26 @@ def test_fast_path_messages_equal_constructed_messages() -> None:
     assert messages == [Message(TEXT, "a"), Message(BINARY, b"b")]
     assert hash(messages[0]) == hash(Message(TEXT, "a"))
     assert type(messages[0]) is Message
+
+
+def test_parsed_messages_keep_the_message_contract() -> None:
+    """Fast-path messages (small and 16-bit lengths) are immutable, equal by value,
+    hashable, picklable and show their fields, as API.md promises for Message."""
+    big = "x" * 1000
+    messages, _ = feed_and_parse(
+        server_frame(0x1, b"a") + server_frame(0x1, big.encode()) + server_frame(0x2, b"b" * 300)
+    )
+    assert messages == [Message(TEXT, "a"), Message(TEXT, big), Message(BINARY, b"b" * 300)]
+    for message in messages:
+        assert type(message) is Message
+        assert pickle.loads(pickle.dumps(message)) == message
+        assert hash(message) == hash(Message(message.type, message.data))
+        with pytest.raises(AttributeError):
+            message.data = "changed"  # type: ignore[misc]
+        with pytest.raises(AttributeError):
+            message.extra = 1  # type: ignore[attr-defined]
+    assert repr(messages[0]) == "Message(type=<MessageType.TEXT: 1>, data='a')"
+    assert Message(TEXT, "a") != Message(BINARY, "a")
 
 
 def test_many_frames_in_one_chunk_are_all_parsed() -> None:
