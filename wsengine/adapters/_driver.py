@@ -87,6 +87,8 @@ def _remaining(deadline: float | None) -> float | None:
 
 
 _BYTES_LIKE: Final = (bytes, bytearray, memoryview)
+# Largest message (in characters or bytes) that goes through group commit.
+_BATCH_MAX_BYTES: Final = 65536
 # Rounds of queued frames a thread that ended its own send writes for others before it
 # hands the turn on: bounded, so that a writer is not kept writing for others for ever.
 _SERVE_ROUNDS: Final = 4
@@ -435,7 +437,13 @@ class SocketDriver:
                 torn down (a partial frame cannot be taken back): readers then see 1006.
             ConnectionClosedError: the connection is closed.
         """
-        if not self._batching:
+        if (
+            not self._batching
+            or not isinstance(data, str | bytes | bytearray | memoryview)
+            or len(data) > _BATCH_MAX_BYTES
+        ):
+            # Large frames gain nothing from batching; encoded under the turn, as before,
+            # they keep their place ahead of control frames queued meanwhile.
             self._write_serial(data, timeout)
             return
         # Encoded outside the send turn (masking is most of the work), so that waiting
