@@ -21,13 +21,14 @@ payload of data frames that carry its reserved bits (permessage-deflate sets RSV
 from __future__ import annotations
 
 import abc
+import array
 import codecs
 import collections
 import enum
 import os
 import struct
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 from wsengine.errors import ConfigError, ConnectionClosedError, ProtocolError
@@ -84,6 +85,8 @@ _UNPACK_H = struct.Struct("!H").unpack_from
 _UNPACK_Q = struct.Struct("!Q").unpack_from
 _PACK_BBH = struct.Struct("!BBH").pack
 _PACK_BBQ = struct.Struct("!BBQ").pack
+# Two header bytes then the masking key, stored little-endian as _mask_int reads it.
+_PACK_BBI = struct.Struct("<BBI").pack
 _Utf8Decoder = codecs.getincrementaldecoder("utf-8")
 
 # Message is a frozen slots dataclass: its __init__ goes through object.__setattr__ twice,
@@ -138,18 +141,57 @@ def decode_close(payload: bytes) -> tuple[int, str]:
     return code, reason
 
 
-def mask_payload(mask: bytes, payload: bytes | bytearray | memoryview) -> bytes:
-    """XOR ``payload`` with the 4-byte ``mask`` repeated (RFC 6455 section 5.3).
+# Masking keys come from a pool of os.urandom bytes read a few KiB at a time: one
+# os.urandom(4) per frame costs as much as the rest of encoding a small frame. The keys stay
+# unpredictable to the server (RFC 6455 section 10.3): each is os.urandom output, used
+# once. The iterator is shared by every sending thread; ``next()`` on it is one C call,
+# atomic under the GIL, so no two frames get the same key.
+_MASK_POOL_BYTES: Final = 4096
+_masks: Iterator[int] = iter(())
 
-    One big-integer XOR over the whole payload runs at C speed; a byte loop would not.
-    """
+
+def _refill_masks() -> int:
+    """Start a fresh pool of masking keys and return its first one."""
+    global _masks
+    _masks = iter(array.array("I", os.urandom(_MASK_POOL_BYTES)))
+    return next(_masks)
+
+
+# A forked child must not reuse the keys its parent will use.
+os.register_at_fork(after_in_child=_refill_masks)
+
+# The key repeated over ``n`` 32-bit words is ``key * _repunit(n)`` (1 in every word): one
+# small-by-big multiplication instead of building the repeated key's bytes and converting
+# them. Cached for payloads up to _REPUNIT_CACHE_WORDS words (at most ~128 KiB in all).
+_REPUNIT_CACHE_WORDS: Final = 256
+_repunits: dict[int, int] = {}
+
+
+def _repunit(words: int) -> int:
+    found = _repunits.get(words)
+    if found is None:
+        found = int.from_bytes(b"\x01\x00\x00\x00" * words, "little")
+        if words <= _REPUNIT_CACHE_WORDS:
+            _repunits[words] = found
+    return found
+
+
+def _mask_int(key: int, payload: bytes | bytearray | memoryview, length: int) -> bytes:
+    """XOR ``payload`` (``length`` bytes, at least 1) with the little-endian 32-bit ``key``
+    repeated: one big-integer XOR over the whole payload runs at C speed."""
+    words = (length + 3) >> 2
+    masked = (int.from_bytes(payload, "little") ^ key * _repunit(words)).to_bytes(
+        words << 2, "little"
+    )
+    return masked if length & 3 == 0 else masked[:length]
+
+
+def mask_payload(mask: bytes, payload: bytes | bytearray | memoryview) -> bytes:
+    """XOR ``payload`` with the 4-byte ``mask`` repeated (RFC 6455 section 5.3)."""
     length = len(payload)
     if not length:
         return b""
-    key = (mask * ((length >> 2) + 1))[:length]
-    return (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(
-        length, "little"
-    )
+    return _mask_int(int.from_bytes(mask, "little"), payload, length)
 
 
 def encode_frame(
@@ -158,26 +200,32 @@ def encode_frame(
     mask: bytes | None = None,
     rsv: int = 0,
 ) -> bytes:
-    """Return one final, masked client frame carrying ``payload``.
+    """Return one final, masked client frame carrying ``payload``. Thread-safe.
 
     Args:
         opcode: the frame's opcode (``OP_TEXT``, ``OP_BINARY``, ``OP_PING``...).
         payload: the unmasked payload.
-        mask: the 4-byte masking key; a fresh random one when None (RFC 6455 section 10.3
-            wants it unpredictable, hence ``os.urandom``).
+        mask: the 4-byte masking key; a fresh random one when None (from a pool of
+            ``os.urandom`` bytes: RFC 6455 section 10.3 wants it unpredictable).
         rsv: reserved bits an extension sets (0x40 is RSV1).
     """
     if mask is None:
-        mask = os.urandom(4)
+        key = next(_masks, None)
+        if key is None:
+            key = _refill_masks()
+    else:
+        key = int.from_bytes(mask, "little")
     length = len(payload)
     first = 0x80 | rsv | opcode
     if length < 126:
-        header = bytes((first, 0x80 | length))
-    elif length < 65536:
+        if not length:
+            return _PACK_BBI(first, 0x80, key)
+        return _PACK_BBI(first, 0x80 | length, key) + _mask_int(key, payload, length)
+    if length < 65536:
         header = _PACK_BBH(first, 0x80 | 126, length)
     else:
         header = _PACK_BBQ(first, 0x80 | 127, length)
-    return header + mask + mask_payload(mask, payload)
+    return header + key.to_bytes(4, "little") + _mask_int(key, payload, length)
 
 
 def encode_close(code: int | None, reason: str = "") -> bytes:

@@ -25,6 +25,7 @@ policy, and lets ``abort()`` cut a dial in progress.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import math
 import select
@@ -38,7 +39,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from wsengine._deflate import EXTENSION_NAME, compression_offer, negotiate
-from wsengine._protocol import ClientProtocol, Extension, State
+from wsengine._protocol import OP_BINARY, OP_TEXT, ClientProtocol, Extension, State, encode_frame
 from wsengine.adapters._dial import (
     DialAborted,
     DialGuard,
@@ -86,6 +87,39 @@ def _remaining(deadline: float | None) -> float | None:
     if deadline is None:
         return None
     return max(0.0, deadline - time.monotonic())
+
+
+_BYTES_LIKE: Final = (bytes, bytearray, memoryview)
+# Largest message (in characters or bytes) that goes through group commit.
+_BATCH_MAX_BYTES: Final = 65536
+# Rounds of queued frames a thread that ended its own send writes for others before it
+# hands the turn on: bounded, so that a writer is not kept writing for others for ever.
+_SERVE_ROUNDS: Final = 4
+# Where a queued frame stands (see SocketDriver.write); changed under the queue lock.
+_QUEUED: Final = "queued"  # in the queue, nothing of it sent
+_TAKEN: Final = "taken"  # in a holder's non-blocking send right now
+_SENT: Final = "sent"  # all of it reached the kernel
+_TURN: Final = "turn"  # its writer now holds the send turn (``partial``: its rest pending)
+_FAILED: Final = "failed"  # the connection dropped: ``error`` says why
+_EXPIRED: Final = "expired"  # its writer timed out while it was taken; nothing of it sent
+
+
+class _Waiter:
+    """A writer's frame queued for the send turn's holder to write."""
+
+    __slots__ = ("error", "expired", "frame", "partial", "signal", "state")
+
+    def __init__(self, frame: bytes) -> None:
+        self.frame = frame
+        self.state = _QUEUED
+        self.partial = False
+        self.expired = False
+        self.error: ConnectionClosedError | None = None
+        # Held from birth; released once by whoever settles the frame or hands the turn
+        # over; the writer waits on it (bounded by its timeout, then settles under the
+        # queue lock). Ends with the write.
+        self.signal = threading.Lock()
+        self.signal.acquire()
 
 
 def _ssl_pending(sock: socket.socket) -> bool:
@@ -139,6 +173,15 @@ class SocketDriver:
         self._state_mutex = threading.Lock()
         # The rest of a frame partly written: finished first by the next send turn.
         self._pending: memoryview | None = None
+        # Group commit (plain sockets without extension; see write): frames of writers
+        # that found the send turn taken, oldest first. Writers append and wait; the turn's
+        # holder takes them all into its next send, or hands the turn to the first one;
+        # emptied as the writers are served, fail or time out.
+        self._batching = not self._is_ssl and protocol._extension is None
+        self._queue: collections.deque[_Waiter] = collections.deque()
+        # Guards _queue and the state of the waiters in it; held for a few statements by
+        # writers and the turn's holder, never during I/O.
+        self._queue_lock = threading.Lock()
         self._torn_down = False
         # Why the connection ended without a close frame, for its 1006.
         self._drop_reason = "connection closed by the peer without a close frame"
@@ -387,7 +430,13 @@ class SocketDriver:
     ) -> None:
         """Send one message: TEXT for ``str``, BINARY for bytes-like. Blocks until the
         frame is handed to the kernel, at most ``timeout`` seconds (None: no limit);
-        teardown from another thread ends the wait.
+        teardown from another thread ends the wait. Thread-safe.
+
+        Group commit: a writer that finds the send turn taken queues its encoded frame and
+        waits; the turn's holder writes every queued frame with its own in one
+        ``sock.send``. Each writer still returns only once its own frame reached the
+        kernel (or raises its error), so frames of one thread keep their order and no two
+        frames interleave.
 
         Raises:
             TimeoutError: ``timeout`` passed. If none of the frame had gone out (and no
@@ -395,6 +444,284 @@ class SocketDriver:
                 torn down (a partial frame cannot be taken back): readers then see 1006.
             ConnectionClosedError: the connection is closed.
         """
+        if (
+            not self._batching
+            or not isinstance(data, str | bytes | bytearray | memoryview)
+            or len(data) > _BATCH_MAX_BYTES
+        ):
+            # Large frames gain nothing from batching; encoded under the turn, as before,
+            # they keep their place ahead of control frames queued meanwhile.
+            self._write_serial(data, timeout)
+            return
+        # Encoded outside the send turn (masking is most of the work), so that waiting
+        # writers encode while the holder is in the kernel. Without an extension, encoding
+        # depends on nothing but the data; the check that no close frame went before it is
+        # made under the turn, by whoever writes it.
+        if isinstance(data, str):
+            frame = encode_frame(OP_TEXT, data.encode("utf-8"))
+        elif isinstance(data, _BYTES_LIKE):
+            frame = encode_frame(OP_BINARY, data)
+        else:
+            raise TypeError(f"data must be str or bytes, not {type(data).__name__}")
+        if self._torn_down:
+            raise self._closed()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        mutex = self._send_mutex
+        if mutex.acquire(blocking=False):
+            protocol = self._protocol
+            if (
+                self._pending is None
+                and not self._queue
+                and protocol.close_sent is None
+                and protocol.state is State.OPEN
+                and not protocol.has_data_to_send()
+            ):
+                # The common case, kept short: nothing queued, nothing before our frame.
+                try:
+                    sent = self._send_some(frame)
+                except BaseException:
+                    self._release_send_turn()
+                    raise
+                if sent == len(frame):
+                    mutex.release()
+                    if self._queue or protocol.has_data_to_send():
+                        self._after_release()
+                    return
+                self._lead(frame, deadline, sent)
+                return
+            self._lead(frame, deadline)
+            return
+        waiter = _Waiter(frame)
+        with self._queue_lock:
+            self._queue.append(waiter)
+        # Queue first, then try the turn again: a holder that let go after finding the
+        # queue empty is then seen here (see _release_send_turn), so no frame is stranded.
+        if self._send_mutex.acquire(blocking=False):
+            with self._queue_lock:
+                state = waiter.state
+                if state is _QUEUED:
+                    self._queue.remove(waiter)
+            if state is _QUEUED:
+                self._lead(frame, deadline)
+                return
+            # A holder wrote (or failed) it between our two tries.
+            self._release_send_turn()
+            self._outcome(waiter)
+            return
+        self._await(waiter, deadline)
+
+    def _await(self, waiter: _Waiter, deadline: float | None) -> None:
+        """Wait (not holding the turn) until a holder wrote ``waiter``'s frame, failed it,
+        or handed this thread the turn; honour ``deadline`` while the frame is queued."""
+        signal = waiter.signal
+        if deadline is None:
+            signal.acquire()
+        elif not signal.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            with self._queue_lock:
+                state = waiter.state
+                if state is _QUEUED:
+                    self._queue.remove(waiter)
+                    raise TimeoutError("timed out waiting for another send to finish")
+                if state is _TAKEN:
+                    # In a holder's non-blocking send right now: it settles the frame at
+                    # once, as sent, partly sent (this thread gets the turn) or not sent.
+                    waiter.expired = True
+            signal.acquire()
+        if waiter.state is _TURN:
+            if waiter.partial:
+                self._finish_partial(waiter, deadline)
+            else:
+                self._lead(waiter.frame, deadline)
+            return
+        self._outcome(waiter)
+
+    @staticmethod
+    def _outcome(waiter: _Waiter) -> None:
+        """Return or raise as the holder settled ``waiter``'s frame."""
+        state = waiter.state
+        if state is _SENT:
+            return
+        if state is _EXPIRED:
+            raise TimeoutError("timed out waiting for another send to finish")
+        assert state is _FAILED and waiter.error is not None
+        raise waiter.error
+
+    def _lead(self, frame: bytes, deadline: float | None, sent: int = -1) -> None:
+        """Write ``frame``, and the frames queued meanwhile, holding the send turn; then
+        end the turn (handing it to a waiter if frames are left). ``sent``: bytes of
+        ``frame`` already written by the caller under this turn (-1: none tried)."""
+        protocol = self._protocol
+        handoff: _Waiter | None = None
+        failed = False
+        try:
+            if sent < 0:
+                if self._torn_down:
+                    raise self._closed()
+                # Control frames (and a control frame's rest) queued before this message
+                # go first; a close frame among them refuses the data frame below. A
+                # timeout here leaves nothing of ours half-sent.
+                if self._pending is not None or protocol.has_data_to_send():
+                    self._flush(deadline, blocking=True)
+                if protocol.close_sent is not None or protocol.state is State.CLOSED:
+                    raise protocol.closed_error()
+                if self._queue:
+                    sent, handoff = self._send_batch(frame)
+                    sent = min(sent, len(frame))
+                else:
+                    sent = self._send_some(frame)
+            if sent < len(frame):
+                # The socket would block: the queued frames went back to the queue and go
+                # after ours (to the next holder); ours goes now, waiting for room.
+                self._pending = memoryview(frame)[sent:]
+                try:
+                    self._flush(deadline, blocking=True, control=False)
+                except TimeoutError:
+                    pending = self._pending
+                    if pending is not None and len(pending) == len(frame):
+                        self._pending = None  # not one byte went: as if never sent
+                    else:
+                        failed = True  # a partial frame: the stream cannot go on
+                    raise
+            elif handoff is None and self._queue:
+                # Frames queued while we were in the kernel: this running thread writes
+                # them, rather than leave the socket idle while a waiter wakes up.
+                handoff = self._serve_queue()
+            if handoff is None and protocol.has_data_to_send():
+                # Pongs queued meanwhile go now if the socket takes them at once; else the
+                # next send turn, or the reader's wait, sends them.
+                self._flush(None, blocking=False)
+        finally:
+            self._release_send_turn(handoff)
+            if failed:
+                self._drop_reason = "a send timed out with its frame partly written"
+                self._teardown()
+
+    def _finish_partial(self, waiter: _Waiter, deadline: float | None) -> None:
+        """Holding the turn handed over with this thread's frame partly written (its rest
+        in ``_pending``): write the rest by ``deadline``, or fail the connection."""
+        failed = False
+        try:
+            try:
+                self._flush(deadline, blocking=True, control=False)
+            except TimeoutError:
+                failed = True
+                raise
+            if self._protocol.has_data_to_send():
+                self._flush(None, blocking=False)
+        finally:
+            self._release_send_turn()
+            if failed:
+                self._drop_reason = "a send timed out with its frame partly written"
+                self._teardown()
+
+    def _serve_queue(self) -> _Waiter | None:
+        """Write queued frames (turn held, our own frame done) while the socket takes them
+        at once, for a bounded number of rounds; return the waiter to hand the turn to
+        (one whose frame went partly), if any. Frames left stay queued.
+
+        Raises:
+            ConnectionClosedError: the connection dropped (the frames taken failed).
+        """
+        protocol = self._protocol
+        for _ in range(_SERVE_ROUNDS):
+            if (
+                not self._queue
+                or self._pending is not None
+                or self._torn_down
+                or protocol.close_sent is not None
+                or protocol.state is State.CLOSED
+            ):
+                # Nothing to do, or a case the waiter's own _lead handles (it raises or
+                # finishes a control frame first).
+                return None
+            sent, handoff = self._send_batch(b"")
+            if handoff is not None or not sent:
+                return handoff
+        return None
+
+    def _send_batch(self, frame: bytes) -> tuple[int, _Waiter | None]:
+        """Write ``frame`` and every queued frame in one non-blocking send; the turn must
+        be held and ``_pending`` empty. Settle every queued frame: sent, partly sent (its
+        rest becomes ``_pending`` and its writer gets the turn: returned), or not sent
+        (back to the front of the queue, unless its writer gave up).
+
+        Returns:
+            (bytes sent in all, the waiter to hand the turn to or None).
+
+        Raises:
+            ConnectionClosedError: the connection dropped (every queued frame fails).
+        """
+        with self._queue_lock:
+            batch = list(self._queue)
+            self._queue.clear()
+            for waiter in batch:
+                waiter.state = _TAKEN
+        buffer = b"".join([frame, *[waiter.frame for waiter in batch]])
+        wake: list[_Waiter] = []
+        handoff: _Waiter | None = None
+        try:
+            sent = self._send_some(buffer)
+        except BaseException as error:
+            with self._queue_lock:
+                for waiter in batch:
+                    if isinstance(error, ConnectionClosedError):
+                        waiter.state = _FAILED
+                        waiter.error = self._closed()
+                        wake.append(waiter)
+                    else:
+                        waiter.state = _QUEUED  # send() raised: nothing went
+                self._queue.extendleft(reversed([w for w in batch if w.state is _QUEUED]))
+            for waiter in wake:
+                waiter.signal.release()
+            raise
+        offset = len(frame)
+        requeue: list[_Waiter] = []
+        with self._queue_lock:
+            for waiter in batch:
+                end = offset + len(waiter.frame)
+                if sent >= end:
+                    waiter.state = _SENT
+                    wake.append(waiter)
+                elif sent > offset:
+                    self._pending = memoryview(waiter.frame)[sent - offset :]
+                    waiter.state = _TURN
+                    waiter.partial = True
+                    handoff = waiter
+                elif waiter.expired:
+                    waiter.state = _EXPIRED
+                    wake.append(waiter)
+                else:
+                    waiter.state = _QUEUED
+                    requeue.append(waiter)
+                offset = end
+            if requeue:
+                self._queue.extendleft(reversed(requeue))
+        for waiter in wake:
+            waiter.signal.release()
+        return sent, handoff
+
+    def _send_some(self, data: bytes) -> int:
+        """Write what the socket takes of ``data`` now (plain sockets only); return the
+        byte count (0 if it would block).
+
+        Raises:
+            ConnectionClosedError: the connection dropped.
+        """
+        try:
+            return self._sock.send(data)
+        except BlockingIOError:
+            return 0
+        except (OSError, ValueError) as error:
+            self._write_failed(error)
+            raise self._closed() from None
+
+    def _write_serial(
+        self, data: str | bytes | bytearray | memoryview, timeout: float | None
+    ) -> None:
+        """``write`` for TLS sockets and negotiated extensions: one writer at a time,
+        encoding under the turn (a compressor's context must see frames in the order they
+        go out; a TLS write that would block must be retried with the same bytes, so
+        frames cannot be regrouped)."""
         if isinstance(data, str):
             build = self._protocol.send_text
         elif isinstance(data, bytes | bytearray | memoryview):
@@ -454,23 +781,57 @@ class SocketDriver:
             finally:
                 self._release_send_turn()
 
-    def _release_send_turn(self) -> None:
-        """End a send turn. Control frames queued while the turn was held, by a thread
-        that found it taken, must not be stranded: look once more after letting go."""
+    def _release_send_turn(self, handoff: _Waiter | None = None) -> None:
+        """End a send turn: hand it to ``handoff`` (whose frame went partly), else let it
+        go and see to what was queued meanwhile (:meth:`_after_release`)."""
+        if handoff is not None:
+            # The turn passes without being let go: the lock stays held for it.
+            handoff.signal.release()
+            return
         self._send_mutex.release()
-        # Whoever finds more to do sends what the socket takes without waiting; if it
-        # cannot take everything, the reader's wait_readable watches for room.
-        if (
-            (self._pending is not None or self._protocol.has_data_to_send())
-            and not self._torn_down
-            and self._send_mutex.acquire(blocking=False)
-        ):
+        if self._queue or self._pending is not None or self._protocol.has_data_to_send():
+            self._after_release()
+
+    def _after_release(self) -> None:
+        """Just after letting the turn go: frames or control frames queued by threads that
+        found it taken must not be stranded. Take the turn back if free: write queued
+        frames while the socket takes them (else hand the turn to the first writer, who
+        waits for room under its own deadline), and send control frames without waiting
+        (if the socket cannot take them, the reader's wait_readable watches for room)."""
+        retried = False
+        while True:
+            if self._queue:
+                # If another thread holds the turn, it does this when it ends its turn.
+                if not self._send_mutex.acquire(blocking=False):
+                    return
+                handoff: _Waiter | None = None
+                with contextlib.suppress(ConnectionClosedError):
+                    handoff = self._serve_queue()
+                if handoff is None:
+                    with self._queue_lock:
+                        if self._queue:
+                            handoff = self._queue.popleft()
+                            handoff.state = _TURN
+                if handoff is not None:
+                    handoff.signal.release()
+                    return
+                self._send_mutex.release()
+                continue
+            if (
+                retried
+                or self._torn_down
+                or not (self._pending is not None or self._protocol.has_data_to_send())
+                or not self._send_mutex.acquire(blocking=False)
+            ):
+                if retried:
+                    self.wake_reader()
+                return
+            retried = True
             try:
                 with contextlib.suppress(ConnectionClosedError):
                     self._flush(None, blocking=False)
             finally:
                 self._send_mutex.release()
-            self.wake_reader()
 
     def _flush(self, deadline: float | None, *, blocking: bool, control: bool = True) -> bool:
         """Write the frame in progress, then (``control``) the queued control frames; the
@@ -571,7 +932,7 @@ class SocketDriver:
                 with contextlib.suppress(ConnectionClosedError, TimeoutError):
                     self._flush(deadline, blocking=True)
             finally:
-                self._send_mutex.release()
+                self._release_send_turn()
         remaining = _remaining(deadline)
         if not self._read_mutex.acquire(timeout=-1 if remaining is None else remaining):
             self._teardown()
@@ -621,7 +982,7 @@ class SocketDriver:
                 with contextlib.suppress(ConnectionClosedError, TimeoutError):
                     self._flush(time.monotonic() + _FAIL_SEND_TIMEOUT, blocking=True)
             finally:
-                self._send_mutex.release()
+                self._release_send_turn()
         self._teardown(holding_read=True)
 
     def abort(self) -> None:
@@ -648,7 +1009,7 @@ class SocketDriver:
                 resource.close()
         finally:
             if got_send:
-                self._send_mutex.release()
+                self._release_send_turn()
             if got_wait:
                 self._wait_mutex.release()
             if got_read and not holding_read:
