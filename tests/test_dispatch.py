@@ -218,12 +218,15 @@ def echo_once_and_end(conn: WebsocketClientAdapter, dispatcher: Dispatcher,
 def test_workers_started_from_a_non_daemon_thread_are_daemon(
     conn: WebsocketClientAdapter,
 ) -> None:
-    """Executor threads inherit the daemon flag of the submitting thread; started from the
-    (non-daemon) main thread, the workers are still daemon, hosted and unlisted."""
+    """Executor threads inherit the daemon flag of the submitting thread; started (and the
+    pool grown) from the (non-daemon) main thread, the workers are still daemon, hosted
+    and unlisted."""
     assert not threading.current_thread().daemon
     deliver = Delivered()
     dispatcher = make_dispatcher(conn, deliver, workers=2)
     dispatcher.start()
+    assert len(dispatcher.threads) == 1  # the pool grows when messages wait
+    dispatcher._grow()
     assert dispatcher.executor is not None
     assert set(dispatcher.threads) == set(dispatcher.executor._threads)
     assert len(dispatcher.threads) == 2
@@ -244,6 +247,7 @@ def test_non_daemon_executor_threads_fall_back_to_plain_daemon_threads(
     deliver = Delivered()
     dispatcher = make_dispatcher(conn, deliver, workers=2)
     dispatcher.start()
+    dispatcher._grow()
     assert dispatcher.executor is None
     assert len(dispatcher.threads) == 2
     assert all(thread.daemon for thread in dispatcher.threads)
