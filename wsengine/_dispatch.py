@@ -103,9 +103,10 @@ BACKSTOP_SLICE = 0.05
 #: Messages the backstop reader asks for in one non-blocking pass.
 BACKSTOP_BATCH = 64
 
-#: Seconds since the last refill after which a message still waiting in the hand-off is
-#: "left behind": the worker about to run a callback then wakes a follower (or grows the
-#: pool). A batch of fast callbacks ends well within it (16 messages take about 20 us).
+#: Seconds since the last refill (or the last wake-up) after which a message still waiting
+#: in the hand-off is "left behind": the worker about to run a callback then wakes a
+#: follower (or grows the pool). A batch of fast callbacks ends well within it (16
+#: messages take about 20 us).
 WAKE_AFTER = 0.0002
 
 
@@ -227,7 +228,8 @@ class Dispatcher:
         # notifier takes it off (notify_all: all). Guarded by its lock; read without it
         # only as a hint (a stale read costs a wake-up or a tick's delay, never a message).
         self._idle = 0
-        # When the hand-off was last refilled (perf_counter): how long what it holds waited.
+        # When the hand-off was last refilled, or a follower last woken for it (perf_counter):
+        # how long what it holds has waited for another worker. Written by any worker.
         self._refilled_at = 0.0
         # Set once by drain() or by the reader on a lost connection: no more reads;
         # workers finish what _ready holds, then return.
@@ -367,6 +369,9 @@ class Dispatcher:
 
     def _more(self) -> None:
         """Messages are left waiting: wake one idle follower, or grow the pool by one."""
+        # The next one only if they wait WAKE_AFTER more: once a batch is late (a slow
+        # callback, or a worker the OS set aside), every message of it would wake one.
+        self._refilled_at = time.perf_counter()
         followers = self._followers
         if self._idle:
             with followers:
