@@ -455,9 +455,14 @@ class Dispatcher:
                     # callbacks), hand them to another worker.
                     if clock() - self._refilled_at > WAKE_AFTER:
                         self._more()
-                elif short and self._idle and not read_turn.locked():
-                    # The socket had no more: let an idle follower wait on it meanwhile,
-                    # so that a slow callback here does not delay the next message.
+                elif (short and not read_turn.locked()
+                        and (self._idle or self._loops < self._workers)
+                        and not self._conn.has_pending_data()):
+                    # Nothing more to read now: let another worker wait on the socket
+                    # meanwhile, so that a slow callback here (a request() awaiting its
+                    # answer, say) does not delay the next message. At most once per short
+                    # batch; not in a flood (full batches, or more already waiting, which
+                    # we read ourselves in a moment).
                     self._more()
             if pause.wanted:
                 self._step_back()
