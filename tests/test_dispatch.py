@@ -218,12 +218,15 @@ def echo_once_and_end(conn: WebsocketClientAdapter, dispatcher: Dispatcher,
 def test_workers_started_from_a_non_daemon_thread_are_daemon(
     conn: WebsocketClientAdapter,
 ) -> None:
-    """Executor threads inherit the daemon flag of the submitting thread; started from the
-    (non-daemon) main thread, the workers are still daemon, hosted and unlisted."""
+    """Executor threads inherit the daemon flag of the submitting thread; started (and the
+    pool grown) from the (non-daemon) main thread, the workers are still daemon, hosted
+    and unlisted."""
     assert not threading.current_thread().daemon
     deliver = Delivered()
     dispatcher = make_dispatcher(conn, deliver, workers=2)
     dispatcher.start()
+    assert len(dispatcher.threads) == 1  # the pool grows when messages wait
+    dispatcher._grow()
     assert dispatcher.executor is not None
     assert set(dispatcher.threads) == set(dispatcher.executor._threads)
     assert len(dispatcher.threads) == 2
@@ -244,6 +247,7 @@ def test_non_daemon_executor_threads_fall_back_to_plain_daemon_threads(
     deliver = Delivered()
     dispatcher = make_dispatcher(conn, deliver, workers=2)
     dispatcher.start()
+    dispatcher._grow()
     assert dispatcher.executor is None
     assert len(dispatcher.threads) == 2
     assert all(thread.daemon for thread in dispatcher.threads)
@@ -292,3 +296,124 @@ def test_a_crashing_worker_loop_is_logged_critical_not_swallowed(
     dispatcher.drain()
     assert dispatcher.join(5) == []
     wait_for(lambda: not any(t.is_alive() for t in dispatcher.threads), timeout=5)
+
+
+# -- lazy growth (issue 15) ----------------------------------------------------------------
+
+
+def engine_threads(engine: WebsocketEngine) -> list[threading.Thread]:
+    """The live threads of the engine's current run (supervisor and workers)."""
+    run = engine._run
+    assert run is not None
+    return [thread for thread in list(run.threads) if thread.is_alive()]
+
+
+def test_an_idle_engine_with_four_workers_holds_two_threads() -> None:
+    """workers=4 and no traffic: the supervisor and one worker, nothing more (the pool
+    grows when messages wait for a worker)."""
+    client = WebsocketClient()
+
+    def quiet(ws: ServerConnection) -> None:
+        ws.recv()  # until the engine closes
+
+    with run_ws_server(quiet) as server:
+        engine = WebsocketEngine(server.url, client, config=dataclasses.replace(FAST, workers=4))
+        engine.start()
+        try:
+            run = engine._run
+            assert run is not None and run.dispatcher is not None
+            workers = [t for t in engine_threads(engine) if t.name.startswith("wsengine-worker-")]
+            assert len(workers) == 1, workers
+            assert len(engine_threads(engine)) == 2
+            assert run.dispatcher.threads == workers
+        finally:
+            engine.stop()
+
+
+class Blocking(WebsocketClient):
+    """on_message of "stuck" blocks until released; the others are recorded (with whether
+    their thread is one of the run's engine threads) and may wait at a barrier."""
+
+    def __init__(self, engine_ref: Callable[[], WebsocketEngine],
+                 barrier: threading.Barrier | None = None) -> None:
+        self.engine_ref = engine_ref
+        self.barrier = barrier
+        self.release = threading.Event()
+        self.seen: list[tuple[str | bytes, threading.Thread, bool]] = []
+        self.changed = threading.Condition()
+
+    def on_message(self, session: Session, message: Message) -> None:
+        if message.data == "stuck":
+            self.release.wait(10)
+            return
+        run = self.engine_ref()._run
+        engine_thread = run is not None and threading.current_thread() in run.threads
+        if self.barrier is not None:
+            self.barrier.wait()  # breaks (raises) unless enough calls overlap
+        with self.changed:
+            self.seen.append((message.data, threading.current_thread(), engine_thread))
+            self.changed.notify_all()
+
+    def wait_count(self, count: int) -> None:
+        with self.changed:
+            assert self.changed.wait_for(lambda: len(self.seen) >= count, 10), self.seen
+
+
+def run_blocking(messages: list[str], client_of: Callable[[Callable[[], WebsocketEngine]],
+                 Blocking], count: int) -> tuple[Blocking, int]:
+    """Run a workers=4 engine that receives ``messages`` in one burst until ``count`` were
+    recorded; return the client and the number of worker threads the session had.
+
+    The engine is paused while the server sends, so that one read takes the whole burst
+    (the messages behind the first one wait in the hand-off, not on the socket)."""
+    holder: list[WebsocketEngine] = []
+    client = client_of(lambda: holder[0])
+    sent = threading.Event()
+
+    def burst(ws: ServerConnection) -> None:
+        ws.recv()  # "go"
+        for data in messages:
+            ws.send(data)
+        sent.set()
+        ws.recv()  # until the engine closes
+
+    with run_ws_server(burst) as server:
+        engine = WebsocketEngine(server.url, client, config=dataclasses.replace(FAST, workers=4))
+        holder.append(engine)
+        engine.start()
+        try:
+            run = engine._run
+            assert run is not None and run.dispatcher is not None
+            dispatcher = run.dispatcher
+            assert len(dispatcher.threads) == 1  # before any traffic
+            assert engine.session is not None
+            with engine.pause_lock:
+                engine.session.send("go")
+                assert sent.wait(5)
+            client.wait_count(count)
+            grown = len(dispatcher.threads)
+        finally:
+            client.release.set()
+            engine.stop()
+    return client, grown
+
+
+def test_slow_callbacks_grow_the_pool_to_workers_and_run_at_once() -> None:
+    """Four callbacks that wait for each other (a barrier of 4): the pool grows from one
+    thread to four, all four run on_message at once, each one an engine thread of the
+    run (so stop() or wait() from it knows it is one)."""
+    client, grown = run_blocking(
+        ["0", "1", "2", "3"], lambda ref: Blocking(ref, threading.Barrier(4, timeout=5)), 4
+    )
+    assert grown == 4
+    assert sorted(data for data, _, _ in client.seen) == ["0", "1", "2", "3"]
+    assert len({thread for _, thread, _ in client.seen}) == 4
+    assert all(engine_thread for _, _, engine_thread in client.seen), client.seen
+
+
+def test_a_stuck_callback_does_not_keep_the_messages_behind_it() -> None:
+    """The first message's callback blocks until the test ends; the messages read with it
+    (one burst) still reach on_message, on another worker the pool grew for."""
+    client, grown = run_blocking(["stuck", "a", "b", "c"], Blocking, 3)
+    assert sorted(data for data, _, _ in client.seen) == ["a", "b", "c"]
+    assert 2 <= grown <= 4

@@ -16,19 +16,33 @@ the turn back as soon as a worker wants it. It bounds what it holds by ``max_siz
 (``overflow="block"``) or by ``queue_size`` messages (the drop policies). The fast path
 does not change: a worker looks at the hold-back deque only when the hand-off is empty.
 
+Followers are woken only when a message is left waiting for them, not per message (a
+wake-up per message cost about 75% of worker time with ``workers=4``): a worker about to
+run a callback while older messages of its batch wait (``WAKE_AFTER`` seconds since the
+refill, one ``perf_counter`` per message) wakes one idle follower, or grows the pool by
+one loop if there is none. With fast callbacks one worker thus does everything, as with
+``workers=1``; with slow ones the workers soon all run callbacks at once. A callback that
+never returns cannot keep the messages behind it from the others: the supervisor's
+periodic backstop tick applies the same rule (``Dispatcher.backstop``), and a worker that
+takes the last message of a short batch wakes an idle follower to wait on the socket.
+
 The worker threads are those of one ``concurrent.futures.ThreadPoolExecutor`` per session
 (``max_workers=workers``, threads named ``wsengine-worker-<run>_<i>``). Each worker loop is
 one ``submit`` that runs until the session drains: the executor hosts the loops, it does
 not carry messages (a ``submit`` per message measured about 14 us against 0.06 us for a
-hosted loop), so the hand-off stays the bounded deque below.
+hosted loop), so the hand-off stays the bounded deque below. The pool grows lazily: one
+loop at session start, another each time messages wait while every loop runs a callback
+(the executor creates a thread per ``submit``), up to ``workers``. An idle session thus
+costs one worker thread; threads that grew stay (parked, waiting for work) until the
+session ends.
 
 Two stdlib behaviours would break the engine's exit promises (a program that forgets
 ``stop()`` exits; a callback that never returns does not block exit), and are handled so:
 
 - Since Python 3.9 executor threads are created without a daemon flag, so they inherit
   the flag of the thread calling ``submit``. The loops are submitted from a daemon thread
-  (the supervisor, or a short-lived daemon helper when the caller is not one), and the
-  threads' flag is checked before the loops are let go.
+  (the supervisor or a worker, or a short-lived daemon helper when the caller is not one),
+  and each thread's flag is checked before its loop is let go.
 - ``concurrent.futures.thread`` registers ``_python_exit`` with the private
   ``threading._register_atexit``; at interpreter exit it joins, without a timeout, every
   thread listed in the private ``_threads_queues``, before ``atexit`` handlers (so before
@@ -41,7 +55,8 @@ Two stdlib behaviours would break the engine's exit promises (a program that for
 
 Both private names are feature-detected. When either is missing, or a hosted thread turns
 out non-daemon or unlisted, the session falls back to plain daemon ``threading.Thread``
-workers, whose documented behaviour (daemon threads do not block exit) keeps the promises.
+workers (grown lazily too), whose documented behaviour (daemon threads do not block exit)
+keeps the promises.
 """
 
 from __future__ import annotations
@@ -87,6 +102,12 @@ BACKSTOP_SLICE = 0.05
 
 #: Messages the backstop reader asks for in one non-blocking pass.
 BACKSTOP_BATCH = 64
+
+#: Seconds since the last refill (or the last wake-up) after which a message still waiting
+#: in the hand-off is "left behind": the worker about to run a callback then wakes a
+#: follower (or grows the pool). A batch of fast callbacks ends well within it (16
+#: messages take about 20 us).
+WAKE_AFTER = 0.0002
 
 
 def _exit_join_listing() -> MutableMapping[threading.Thread, Any] | None:
@@ -157,6 +178,8 @@ class Dispatcher:
             it stops reading once they are reached (TCP backpressure).
         dropped: called on the backstop reader's thread with each number of messages the
             overflow policy discarded.
+        on_thread: called with each worker thread, before it runs a callback, on the
+            thread that starts it (the run's set of engine threads), or None.
     """
 
     def __init__(
@@ -175,11 +198,13 @@ class Dispatcher:
         overflow: str = "block",
         hold_limit: int = 2**20,
         dropped: Callable[[int], None] | None = None,
+        on_thread: Callable[[threading.Thread], None] | None = None,
     ) -> None:
         self._conn = conn
         self._overflow = overflow
         self._hold_limit = hold_limit
         self._dropped = dropped
+        self._on_thread = on_thread
         self._pause_lock = pause_lock
         self._workers = workers
         self._queue_size = queue_size
@@ -197,9 +222,15 @@ class Dispatcher:
         # refill; the others wait on _followers meanwhile. Ends free when workers exit.
         self._read_turn = threading.Lock()
         # Followers wait here for a refill or a free read turn; notified under its lock by
-        # the leader after a refill, by a worker leaving messages behind, and by drain().
+        # a worker leaving messages behind (_more), by release_backstop() and by drain().
         self._followers = threading.Condition(threading.Lock())
-        self._idle = 0  # followers waiting on _followers; guarded by its lock
+        # Followers waiting on _followers and not yet notified: a waiter adds itself, the
+        # notifier takes it off (notify_all: all). Guarded by its lock; read without it
+        # only as a hint (a stale read costs a wake-up or a tick's delay, never a message).
+        self._idle = 0
+        # When the hand-off was last refilled, or a follower last woken for it (perf_counter):
+        # how long what it holds has waited for another worker. Written by any worker.
+        self._refilled_at = 0.0
         # Set once by drain() or by the reader on a lost connection: no more reads;
         # workers finish what _ready holds, then return.
         self._draining = False
@@ -222,19 +253,18 @@ class Dispatcher:
         #: True while the backstop holds the read turn, has read all the socket had, and
         #: may read more: silence from the peer then means something (the keepalive's cue).
         self.backstop_reading = False
-        # The worker threads, known once start() returns (the engine's run.threads).
+        # The worker threads: one once start() returns, more as the pool grows (each is
+        # handed to on_thread first). Appended under _grow_lock; join() snapshots it.
         self.threads: list[threading.Thread] = []
+        # Serializes growing the pool, and guards _loops and _joined; held for a thread
+        # start (by a worker or the supervisor), never around user code.
+        self._grow_lock = threading.Lock()
+        self._loops = 0  # worker loops started (at most workers)
+        self._joined = False  # join() began: no more growth
         # The session's executor while its threads host the loops (None on the fallback);
         # shut down by join(). futures: one per hosted loop, done when the loop returns.
         self.executor: ThreadPoolExecutor | None = None
         self.futures: list[Future[None]] = []
-        # Hosted loops announce their thread here (appending to threads) and start() waits
-        # for all of them under it; notified by each arriving loop, no one waits after.
-        self._arrived = threading.Condition(threading.Lock())
-        # Holds every hosted loop back until start() has checked and unlisted its thread;
-        # set once by start(). _hosting says whether the loops may then run.
-        self._gate = threading.Event()
-        self._hosting = False
 
     @property
     def depth(self) -> int:
@@ -243,93 +273,114 @@ class Dispatcher:
         return len(self._ready) + len(self._held)
 
     def start(self, early: Iterable[Message] = ()) -> None:
-        """Start the workers; ``early`` messages (read during ``on_open``) go first.
+        """Start the first worker; ``early`` messages (read during ``on_open``) go first.
 
-        Blocks the caller until every worker thread runs (a few thread starts; at most
-        ``HOSTED_START_TIMEOUT`` seconds before it falls back to plain threads). Called once
+        Blocks the caller until that worker's thread runs (a thread start; at most
+        ``HOSTED_START_TIMEOUT`` seconds before it falls back to a plain thread). More
+        workers start later, when messages wait for them (see :meth:`_grow`). Called once
         per dispatcher, by the supervisor.
 
         Raises:
             RuntimeError: no thread can be started.
         """
         self._ready.extend(early)
-        if not self._start_hosted():
-            self._start_plain()
-
-    def _start_hosted(self) -> bool:
-        """Run the worker loops on a ThreadPoolExecutor; False (nothing left running) when
-        that cannot keep the exit promises (see the module docstring)."""
+        self._refilled_at = time.perf_counter()
         with _exit_lock:
             listing = _exit_join_listing()
-            if not HOSTED or _interpreter_exiting or listing is None:
-                return False
-            # One per session; its threads end after join() shuts it down (or once it is
-            # garbage collected, should the dispatcher be dropped without a join()).
-            executor = ThreadPoolExecutor(
-                max_workers=self._workers, thread_name_prefix=self._name
-            )
-            self.executor = executor
-            hosted = False
-            try:
-                _on_daemon_thread(lambda: self._submit_loops(executor), f"{self._name}-starter")
-                deadline = time.monotonic() + HOSTED_START_TIMEOUT
-                with self._arrived:
-                    while len(self.threads) < self._workers:
-                        left = deadline - time.monotonic()
-                        if left <= 0:
-                            break
-                        self._arrived.wait(left)
-                    threads = list(self.threads)
-                unlisted = [listing.pop(thread, None) is not None for thread in threads]
-                hosted = (
-                    len(threads) == self._workers
-                    and all(unlisted)
-                    and all(thread.daemon for thread in threads)
+            if HOSTED and not _interpreter_exiting and listing is not None:
+                # One per session; its threads end after join() shuts it down (or once it
+                # is garbage collected, should the dispatcher be dropped without a join()).
+                self.executor = ThreadPoolExecutor(
+                    max_workers=self._workers, thread_name_prefix=self._name
                 )
-            except Exception:
-                logger.debug("starting workers on a ThreadPoolExecutor failed", exc_info=True)
-            finally:
-                with self._arrived:  # a loop arriving later sees the gate set and leaves
-                    self._hosting = hosted
-                    self._gate.set()
-                if not hosted:
-                    # The loops return at the gate, so the threads end at once.
-                    executor.shutdown(wait=False, cancel_futures=True)
+        with self._grow_lock:
+            self._loops = 1
+            self._start_loop(0)
+
+    def _start_loop(self, index: int) -> None:
+        """Start worker loop number ``index``: on the executor when it keeps the exit
+        promises, else (for good) on a plain daemon thread. ``_grow_lock`` is held."""
+        executor = self.executor
+        if executor is not None:
+            with _exit_lock:
+                listing = _exit_join_listing()
+                if not _interpreter_exiting and listing is not None:
+                    try:
+                        if self._host_one(executor, listing):
+                            return
+                    except Exception:
+                        logger.debug("starting a worker on the executor failed",
+                                     exc_info=True)
+            logger.debug("workers fall back to plain daemon threads")
+            self.executor = None
+            # Threads already hosted go on; idle ones end at once.
+            executor.shutdown(wait=False, cancel_futures=True)
+        # Ends when _draining is set and _ready is empty, like a hosted loop.
+        thread = threading.Thread(target=self._work, name=f"{self._name}_{index}", daemon=True)
+        self._register(thread)
+        thread.start()
+
+    def _host_one(self, executor: ThreadPoolExecutor,
+                  listing: MutableMapping[threading.Thread, Any]) -> bool:
+        """Submit one loop and let it go once its thread is known daemon and unlisted; True
+        if it runs. ``_exit_lock`` is held (our exit hook waits for this)."""
+        arrival = _Arrival()
+        futures: list[Future[None]] = []
+        # submit() returns once the new thread runs and is listed (it lists it after start).
+        _on_daemon_thread(lambda: futures.append(executor.submit(self._hosted, arrival)),
+                          f"{self._name}-starter")
+        thread = arrival.thread if arrival.arrived.wait(HOSTED_START_TIMEOUT) else None
+        hosted = (thread is not None and listing.pop(thread, None) is not None
+                  and thread.daemon)
         if hosted:
-            return True
-        logger.debug("workers fall back to plain daemon threads")
-        self.executor = None
-        self.futures = []
-        with self._arrived:
-            self.threads = []
-        return False
+            assert thread is not None
+            self._register(thread)
+            self.futures.extend(futures)
+        arrival.hosted = hosted
+        arrival.go.set()  # a loop arriving later sees hosted False and leaves
+        return hosted
 
-    def _submit_loops(self, executor: ThreadPoolExecutor) -> None:
-        # Runs on a daemon thread: the executor's threads inherit its daemon flag.
-        for _ in range(self._workers):
-            self.futures.append(executor.submit(self._hosted))
+    def _register(self, thread: threading.Thread) -> None:
+        """Make ``thread`` a worker of this session, before it runs a callback."""
+        if self._on_thread is not None:
+            self._on_thread(thread)
+        self.threads.append(thread)
 
-    def _hosted(self) -> None:
+    def _hosted(self, arrival: _Arrival) -> None:
         """One worker loop, as an executor work item."""
-        with self._arrived:
-            if self._gate.is_set():
-                return  # start() gave up waiting for this loop and fell back
-            self.threads.append(threading.current_thread())
-            self._arrived.notify_all()
-        self._gate.wait()
-        if self._hosting:
+        arrival.thread = threading.current_thread()
+        arrival.arrived.set()
+        arrival.go.wait()
+        if arrival.hosted:
             self._work()
 
-    def _start_plain(self) -> None:
-        """The fallback: plain daemon threads, which never block interpreter exit."""
-        threads = [
-            # Ends when _draining is set and _ready is empty, like a hosted loop.
-            threading.Thread(target=self._work, name=f"{self._name}_{index}", daemon=True)
-            for index in range(self._workers)
-        ]
-        self.threads = threads
-        for thread in threads:
-            thread.start()
+    def _grow(self) -> None:
+        """Start one more worker loop, unless there are ``workers`` already or the session
+        drains. Blocks the caller for a thread start; any thread."""
+        with self._grow_lock:
+            if self._loops >= self._workers or self._draining or self._joined:
+                return
+            self._loops += 1
+            try:
+                self._start_loop(self._loops - 1)
+            except Exception:  # no thread to be had: the workers we have go on
+                self._loops -= 1
+                logger.warning("could not start another worker thread", exc_info=True)
+
+    def _more(self) -> None:
+        """Messages are left waiting: wake one idle follower, or grow the pool by one."""
+        # The next one only if they wait WAKE_AFTER more: once a batch is late (a slow
+        # callback, or a worker the OS set aside), every message of it would wake one.
+        self._refilled_at = time.perf_counter()
+        followers = self._followers
+        if self._idle:
+            with followers:
+                if self._idle:
+                    self._idle -= 1
+                    followers.notify()
+                    return
+        if self._loops < self._workers:
+            self._grow()
 
     def drain(self) -> None:
         """Stop reading; workers finish the messages already read, then exit. Idempotent,
@@ -338,6 +389,7 @@ class Dispatcher:
         self._drain_signal.set()
         self._conn.wake_reader()
         with self._followers:
+            self._idle = 0
             self._followers.notify_all()
 
     def _work(self) -> None:
@@ -359,7 +411,10 @@ class Dispatcher:
         deliver = self._deliver
         pause = self._pause_lock
         followers = self._followers
+        read_turn = self._read_turn
+        clock = time.perf_counter
         several = self._workers > 1
+        short = True  # the last refill left the socket drained (fewer than queue_size)
         while True:
             try:
                 message = popleft()
@@ -370,37 +425,45 @@ class Dispatcher:
                     if taken is None:
                         continue
                     message = taken
+                    if several and held:
+                        self._more()  # rare (we were all busy): more hands for the rest
                 else:
                     if self._draining:
                         return
-                    if self._read_turn.acquire(blocking=False):
+                    if read_turn.acquire(blocking=False):
                         try:
                             self._refill()
                         finally:
-                            self._read_turn.release()
+                            read_turn.release()
                         if several:
-                            with followers:
-                                if self._idle:
-                                    followers.notify()
+                            self._refilled_at = clock()
+                            short = len(ready) < self._queue_size
                     else:
                         if self._backstop_holding:
                             # The backstop reads while we are all busy: we are not now.
                             self._turn_wanted = True
                             self._conn.wake_reader()
                         with followers:
-                            if (not ready and not held and self._read_turn.locked()
+                            if (not ready and not held and read_turn.locked()
                                     and not self._draining):
-                                self._idle += 1
-                                try:
-                                    followers.wait()
-                                finally:
-                                    self._idle -= 1
+                                self._idle += 1  # taken off by whoever notifies us
+                                followers.wait()
                     continue
-            if several and ready and self._idle:
-                # Messages are left: wake one more follower (the racy read of _idle only
-                # risks a missed wake-up, and the leader wakes followers after each refill).
-                with followers:
-                    followers.notify()
+            if several:
+                if ready:
+                    # Messages wait behind this one: if they have waited long (slow
+                    # callbacks), hand them to another worker.
+                    if clock() - self._refilled_at > WAKE_AFTER:
+                        self._more()
+                elif (short and not read_turn.locked()
+                        and (self._idle or self._loops < self._workers)
+                        and not self._conn.has_pending_data()):
+                    # Nothing more to read now: let another worker wait on the socket
+                    # meanwhile, so that a slow callback here (a request() awaiting its
+                    # answer, say) does not delay the next message. At most once per short
+                    # batch; not in a flood (full batches, or more already waiting, which
+                    # we read ourselves in a moment).
+                    self._more()
             if pause.wanted:
                 self._step_back()
             deliver(message)
@@ -410,7 +473,9 @@ class Dispatcher:
 
         The pause lock is held only around the non-blocking ``read_available``; waiting for
         the socket happens without it, so a pausing thread gets the lock at once even
-        against a silent server.
+        against a silent server. It reads first and waits only when that found nothing (or
+        failed): under load the socket or the parser nearly always has the next batch, and
+        ``wait_readable`` measured about 15% of a worker's time there.
         """
         if self._held:
             return  # the backstop read ahead: those go first
@@ -420,9 +485,12 @@ class Dispatcher:
         # True for as long as this turn finds nothing: the keepalive may judge silence
         # only then (not while workers are busy and nobody reads).
         self.waiting_for_data = True
+        wait = False
         try:
             while not self._draining:
-                conn.wait_readable(None)
+                if wait:
+                    conn.wait_readable(None)
+                wait = True
                 if not self._take_pause_lock():
                     return
                 try:
@@ -487,6 +555,12 @@ class Dispatcher:
         then waits until ``until`` before trying again.
         """
         block = self._overflow == "block"
+        if self._workers > 1 and not self._draining and (
+            self._held or (self._ready and time.perf_counter() - self._refilled_at > WAKE_AFTER)
+        ):
+            # Messages wait while the workers are all in callbacks (one may never return):
+            # another worker takes them.
+            self._more()
         if not self._backstop_holding:
             if (self._draining or self._pause_lock.wanted
                     or (block and self._held_bytes >= self._hold_limit)
@@ -526,6 +600,8 @@ class Dispatcher:
                 self._hold(batch)
                 if self._received is not None:
                     self._received(batch)
+                if self._workers > 1 and self._loops < self._workers:
+                    self._grow()  # every worker is busy: one more takes what we hold
                 continue
             # All the socket had is read: silence from now on says something.
             self.backstop_reading = True
@@ -544,6 +620,7 @@ class Dispatcher:
         self._turn_wanted = False
         self._read_turn.release()
         with self._followers:
+            self._idle = 0
             self._followers.notify_all()
 
     def _hold(self, batch: list[Message]) -> None:
@@ -614,16 +691,34 @@ class Dispatcher:
         return those still alive. Call after ``drain()``; blocks up to ``timeout`` seconds
         (None: no limit). Idempotent."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        if self.executor is not None:
-            # Every loop was picked up in start(), so nothing is cancelled: idle threads
-            # end at once, the others as soon as their loop returns.
-            self.executor.shutdown(wait=False, cancel_futures=True)
+        with self._grow_lock:
+            self._joined = True
+            threads = list(self.threads)
+            executor = self.executor
+        if executor is not None:
+            # Every loop was picked up when submitted, so nothing is cancelled: idle
+            # threads end at once, the others as soon as their loop returns.
+            executor.shutdown(wait=False, cancel_futures=True)
         current = threading.current_thread()
-        for thread in self.threads:
+        for thread in threads:
             if thread is current:
                 continue
             thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-        return [t for t in self.threads if t.is_alive() and t is not current]
+        return [t for t in threads if t.is_alive() and t is not current]
+
+
+class _Arrival:
+    """A hosted loop meeting the thread that submitted it (see ``Dispatcher._host_one``)."""
+
+    __slots__ = ("arrived", "go", "hosted", "thread")
+
+    def __init__(self) -> None:
+        self.thread: threading.Thread | None = None
+        # Set once by the loop when it runs; the submitter waits (bounded) for it.
+        self.arrived = threading.Event()
+        # Set once by the submitter after checking the thread; the loop waits for it.
+        self.go = threading.Event()
+        self.hosted = False
 
 
 def _on_daemon_thread(action: Callable[[], None], name: str) -> None:

@@ -254,6 +254,8 @@ class Supervisor:
             overflow=self._config.overflow,
             hold_limit=self._hold_limit,
             dropped=lambda count: self._count_dropped(session, count),
+            # Workers that grow later are engine threads too (stop() from on_message).
+            on_thread=self.threads.add,
         )
         with self._state_lock:
             self.dispatcher = dispatcher
@@ -261,10 +263,14 @@ class Supervisor:
         # reconnect (seen by the soak test: 4.5 KiB per reconnect).
         self.threads.difference_update([t for t in list(self.threads) if not t.is_alive()])
         early, session._core.early = session._core.early, []
-        # Returns once every worker thread runs, so that the bookkeeping below sees them all.
+        # Returns once the first worker thread runs (more grow when messages wait for them;
+        # on_thread adds each to self.threads before it runs a callback).
         dispatcher.start(early)
-        self.threads.update(dispatcher.threads)
-        session._core.worker_idents = frozenset(t.ident for t in dispatcher.threads if t.ident)
+        if self._config.workers == 1:
+            # request() from on_message refuses to wait for itself on the only worker.
+            session._core.worker_idents = frozenset(
+                t.ident for t in dispatcher.threads if t.ident
+            )
         session._core.serving = True
 
     def _fail_open(self, session: Session, error: BaseException) -> None:

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import collections
 import enum
 import functools
 import logging
@@ -116,23 +117,37 @@ class AdapterLease:
     nothing of the old run can reach the adapter. A check-then-call without that count
     would race: the old thread could pass the check, then close the new connection.
 
+    The count is kept without a lock, for the read path's sake (two calls per read turn):
+    a call registers first (an ``append`` to the root's deque, atomic under the GIL) and
+    checks the revoked flags after; ``revoke()`` sets its flag first and ``wait_idle()``
+    looks at the count after. Either the call sees the flag and backs out, or
+    ``wait_idle()`` sees the call and waits for it to leave.
+
     A session's lease is a child of its run's: revoking the run's revokes every session's,
     and a session's alone is revoked once that session is closed. Children share the
-    root's lock and in-flight count.
+    root's count.
     """
 
     def __init__(self, parent: AdapterLease | None = None) -> None:
         self._parent = parent
         self._root: AdapterLease = self if parent is None else parent._root
-        # Guards _revoked of the whole tree and the root's _busy and _idle_waiters; held
-        # for a few statements by every call through a view (on entry and exit) and by
-        # revoke(); wait_idle() waits on _idle (built on it) for _busy to reach 0.
+        # This lease and its ancestors: a call checks each one's flag.
+        self._chain: tuple[AdapterLease, ...] = (self,) if parent is None else (
+            self, *parent._chain
+        )
+        self._revoked = False
+        # One item per call inside the adapter, on the root only: appended on entry and
+        # popped on exit by the calling thread (both atomic under the GIL); wait_idle()
+        # waits for it to be empty. Shared by the root's children.
+        self._busy: collections.deque[None] = (
+            collections.deque() if parent is None else parent._busy
+        )
+        # Guards _idle_waiters; wait_idle() waits on _idle (built on it), notified by the
+        # call that empties _busy while someone waits. Held for a few statements.
         self._lock: threading.Lock = threading.Lock() if parent is None else parent._lock
         self._idle: threading.Condition = (
             threading.Condition(self._lock) if parent is None else parent._idle
         )
-        self._revoked = False
-        self._busy = 0  # calls inside the adapter, counted on the root only
         self._idle_waiters = 0  # threads in wait_idle(), on the root only
 
     def child(self) -> AdapterLease:
@@ -142,42 +157,43 @@ class AdapterLease:
     @property
     def revoked(self) -> bool:
         """True once this lease or an ancestor was revoked."""
-        lease: AdapterLease | None = self
-        while lease is not None:
-            if lease._revoked:
-                return True
-            lease = lease._parent
-        return False
+        return any(lease._revoked for lease in self._chain)
 
     def enter(self) -> bool:
         """Count one call into the adapter; False (nothing counted) if revoked."""
-        with self._lock:
-            if self._revoked or self.revoked:
+        busy = self._busy
+        busy.append(None)  # register first, then check: see the class docstring
+        for lease in self._chain:
+            if lease._revoked:
+                self.leave()
                 return False
-            self._root._busy += 1
-            return True
+        return True
 
     def leave(self) -> None:
         """End a call counted by :meth:`enter`."""
+        busy = self._busy
+        busy.pop()
+        if not busy and self._root._idle_waiters:
+            self.notify_idle()
+
+    def notify_idle(self) -> None:
+        """Wake the threads in :meth:`wait_idle` (the last call just left)."""
         with self._lock:
-            root = self._root
-            root._busy -= 1
-            if root._busy == 0 and root._idle_waiters:
-                self._idle.notify_all()
+            self._idle.notify_all()
 
     def revoke(self) -> None:
         """Refuse every later call through this lease and its children. Idempotent; does
         not block."""
-        with self._lock:
-            self._revoked = True
+        self._revoked = True
 
     def wait_idle(self, timeout: float | None) -> bool:
         """Block until no call of the whole run is inside the adapter; False on timeout."""
         root = self._root
+        busy = self._busy
         with self._lock:
             root._idle_waiters += 1
             try:
-                return self._idle.wait_for(lambda: root._busy == 0, timeout)
+                return self._idle.wait_for(lambda: not busy, timeout)
             finally:
                 root._idle_waiters -= 1
 
@@ -191,11 +207,17 @@ class LeasedConnection(ConnectionAdapter):
     returns True at once (the next read then raises), ``has_pending_data`` says False.
     Attributes of the adapter not in the interface are passed through; methods among them
     are fenced like the rest.
+
+    The read path's methods (``wait_readable``, ``read_available``) spell the lease out
+    inline rather than through a generic wrapper: they run twice per read turn.
     """
 
     def __init__(self, adapter: ConnectionAdapter, lease: AdapterLease) -> None:
         self._adapter = adapter
         self._lease = lease
+        # The lease's parts the inline paths use (fixed for the lease's life).
+        self._busy = lease._busy
+        self._chain = lease._chain
 
     @property
     def adapter(self) -> ConnectionAdapter:
@@ -257,19 +279,33 @@ class LeasedConnection(ConnectionAdapter):
         return self._call(getattr, self._adapter, "underlying")
 
     def wait_readable(self, timeout: float | None) -> bool:
-        lease = self._lease
-        if not lease.enter():
-            return True
+        busy = self._busy
+        busy.append(None)  # AdapterLease.enter, inline
         try:
+            for lease in self._chain:
+                if lease._revoked:
+                    return True
             return self._adapter.wait_readable(timeout)
         finally:
-            lease.leave()
+            busy.pop()  # AdapterLease.leave, inline
+            if not busy and self._lease._root._idle_waiters:
+                self._lease.notify_idle()
 
     def wake_reader(self) -> None:
         self._quiet(self._adapter.wake_reader)
 
     def read_available(self, max_messages: int) -> list[Message]:
-        return self._call(self._adapter.read_available, max_messages)
+        busy = self._busy
+        busy.append(None)  # AdapterLease.enter, inline
+        try:
+            for lease in self._chain:
+                if lease._revoked:
+                    raise ConnectionClosedError(1006, _REVOKED)
+            return self._adapter.read_available(max_messages)
+        finally:
+            busy.pop()  # AdapterLease.leave, inline
+            if not busy and self._lease._root._idle_waiters:
+                self._lease.notify_idle()
 
     def has_pending_data(self) -> bool:
         if self._lease.revoked:
@@ -277,7 +313,7 @@ class LeasedConnection(ConnectionAdapter):
         return self._adapter.has_pending_data()
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("__") or name in ("_adapter", "_lease"):
+        if name.startswith("__") or name in ("_adapter", "_lease", "_busy", "_chain"):
             raise AttributeError(name)
         value = getattr(self._adapter, name)
         if callable(value):
