@@ -16,7 +16,7 @@ import pytest
 from opentelemetry import context as otel_context
 from websockets.sync.server import ServerConnection
 
-from tests.support.servers import WsServer, run_ws_server, wait_for
+from tests.support.servers import WsServer, echo_handler, run_ws_server, wait_for
 from wsengine import (
     EngineConfig,
     HandshakeResponse,
@@ -417,3 +417,38 @@ def test_a_stuck_callback_does_not_keep_the_messages_behind_it() -> None:
     client, grown = run_blocking(["stuck", "a", "b", "c"], Blocking, 3)
     assert sorted(data for data, _, _ in client.seen) == ["a", "b", "c"]
     assert 2 <= grown <= 4
+
+
+def test_an_adapter_raising_in_has_pending_data_does_not_end_a_worker(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The worker loop asks the adapter whether bytes wait before it hands the socket to
+    another worker; a third-party adapter raising there loses no message and no worker."""
+
+    class Raising(WebsocketClientAdapter):
+        def has_pending_data(self) -> bool:
+            raise RuntimeError("has_pending_data is broken")
+
+    got: list[str | bytes] = []
+    arrived = threading.Condition()
+
+    class Client(WebsocketClient):
+        def on_message(self, session: Session, message: Message) -> None:
+            with arrived:
+                got.append(message.data)
+                arrived.notify_all()
+
+    with run_ws_server(echo_handler) as server, caplog.at_level(logging.CRITICAL):
+        engine = WebsocketEngine(
+            server.url, Client(), adapter=Raising(), config=dataclasses.replace(FAST, workers=2)
+        )
+        engine.start()
+        try:
+            for data in ("one", "two", "three"):
+                engine.send(data)
+                with arrived:
+                    assert arrived.wait_for(lambda d=data: d in got, timeout=5), got
+        finally:
+            engine.stop()
+    assert got == ["one", "two", "three"]
+    assert not [r for r in caplog.records if r.levelno >= logging.CRITICAL]

@@ -382,6 +382,15 @@ class Dispatcher:
         if self._loops < self._workers:
             self._grow()
 
+    def _socket_has_more(self) -> bool:
+        """The adapter's ``has_pending_data()``; True (do not hand the socket over) if a
+        third-party adapter raises there, which must not end the worker."""
+        try:
+            return self._conn.has_pending_data()
+        except Exception:
+            logger.debug("has_pending_data() raised", exc_info=True)
+            return True
+
     def drain(self) -> None:
         """Stop reading; workers finish the messages already read, then exit. Idempotent,
         non-blocking, callable from any thread (a worker included)."""
@@ -457,7 +466,7 @@ class Dispatcher:
                         self._more()
                 elif (short and not read_turn.locked()
                         and (self._idle or self._loops < self._workers)
-                        and not self._conn.has_pending_data()):
+                        and not self._socket_has_more()):
                     # Nothing more to read now: let another worker wait on the socket
                     # meanwhile, so that a slow callback here (a request() awaiting its
                     # answer, say) does not delay the next message. At most once per short
