@@ -14,7 +14,9 @@ Threads of one running engine (all daemon, all named ``wsengine-...``):
   ``wait()``.
 - the workers of the current session (``wsengine-worker-N_i``, see ``_dispatch``): the
   threads of the session's ``ThreadPoolExecutor`` (``max_workers=workers``), each hosting
-  one leader/followers loop that reads and runs ``on_message``. Daemon and kept out of the
+  one leader/followers loop that reads and runs ``on_message``. The pool starts with one
+  and grows, up to ``workers``, only while messages wait for a free worker (slow
+  callbacks); grown threads stay, idle, until the session ends. Daemon and kept out of the
   stdlib's exit join of executor threads (plain daemon threads where that cannot be
   done). They end with their session, when ``_close_session`` shuts the executor down.
 
