@@ -452,3 +452,59 @@ def test_an_adapter_raising_in_has_pending_data_does_not_end_a_worker(
             engine.stop()
     assert got == ["one", "two", "three"]
     assert not [r for r in caplog.records if r.levelno >= logging.CRITICAL]
+
+
+def test_request_from_on_message_hands_the_reading_to_another_worker_at_once() -> None:
+    """A worker about to block in request() lends the reading before it waits: the pool
+    grows by one there and then (not at the supervisor's next tick), and the answer is
+    read by the other worker."""
+    seen: dict[str, object] = {}
+    done = threading.Event()
+
+    def answering(ws: ServerConnection) -> None:
+        for data in ws:
+            ws.send("answer" if data == "ask" else data)
+
+    class Client(WebsocketClient):
+        def on_message(self, session: Session, message: Message) -> None:
+            if message.data != "go":
+                return
+            run = engine._run
+            assert run is not None and run.dispatcher is not None
+            dispatcher = run.dispatcher
+            lend = session._core.lend_reader
+
+            def spy() -> None:
+                seen["before"] = len(dispatcher.threads)
+                lend()
+                seen["after"] = len(dispatcher.threads)
+
+            session._core.lend_reader = spy
+            answer_threads: list[threading.Thread] = []
+
+            def match(reply: Message) -> bool:
+                answer_threads.append(threading.current_thread())
+                return reply.data == "answer"
+
+            seen["answer"] = session.request("ask", match, timeout=5).data
+            seen["answered_elsewhere"] = threading.current_thread() not in answer_threads
+            done.set()
+
+    with run_ws_server(answering) as server:
+        engine = WebsocketEngine(
+            server.url, Client(), config=dataclasses.replace(FAST, workers=3)
+        )
+        engine.start()
+        try:
+            run = engine._run
+            assert run is not None and run.dispatcher is not None
+            # From a thread that is not a worker it does nothing.
+            run.dispatcher.lend_reader()
+            assert len(run.dispatcher.threads) == 1
+            engine.send("go")
+            assert done.wait(5)
+        finally:
+            engine.stop()
+    assert seen["before"] == 1 and seen["after"] == 2, seen
+    assert seen["answer"] == "answer"
+    assert seen["answered_elsewhere"] is True

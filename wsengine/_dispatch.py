@@ -23,8 +23,11 @@ refill, one ``perf_counter`` per message) wakes one idle follower, or grows the 
 one loop if there is none. With fast callbacks one worker thus does everything, as with
 ``workers=1``; with slow ones the workers soon all run callbacks at once. A callback that
 never returns cannot keep the messages behind it from the others: the supervisor's
-periodic backstop tick applies the same rule (``Dispatcher.backstop``), and a worker that
-takes the last message of a short batch wakes an idle follower to wait on the socket.
+periodic backstop tick applies the same rule (``Dispatcher.backstop``), within 100 ms. A
+callback known to block on the connection itself (``request()`` from ``on_message``)
+hands the reading to another worker at once (:meth:`Dispatcher.lend_reader`). Handing it
+over whenever a batch came up short was tried: in a 64 KiB flood every batch is short (a
+read pass is bounded), and the wake-ups halved ``workers=4``'s throughput.
 
 The worker threads are those of one ``concurrent.futures.ThreadPoolExecutor`` per session
 (``max_workers=workers``, threads named ``wsengine-worker-<run>_<i>``). Each worker loop is
@@ -382,14 +385,14 @@ class Dispatcher:
         if self._loops < self._workers:
             self._grow()
 
-    def _socket_has_more(self) -> bool:
-        """The adapter's ``has_pending_data()``; True (do not hand the socket over) if a
-        third-party adapter raises there, which must not end the worker."""
-        try:
-            return self._conn.has_pending_data()
-        except Exception:
-            logger.debug("has_pending_data() raised", exc_info=True)
-            return True
+    def lend_reader(self) -> None:
+        """The calling thread, if it is one of this session's workers, is about to block
+        in a callback (``request()`` from ``on_message``): wake an idle follower or grow
+        the pool, so that another worker reads meanwhile (the answer it waits for, and
+        the messages after it). Any thread; does not block beyond a thread start."""
+        if (self._workers > 1 and not self._draining
+                and threading.current_thread() in self.threads):
+            self._more()
 
     def drain(self) -> None:
         """Stop reading; workers finish the messages already read, then exit. Idempotent,
@@ -423,7 +426,6 @@ class Dispatcher:
         read_turn = self._read_turn
         clock = time.perf_counter
         several = self._workers > 1
-        short = True  # the last refill left the socket drained (fewer than queue_size)
         while True:
             try:
                 message = popleft()
@@ -446,7 +448,6 @@ class Dispatcher:
                             read_turn.release()
                         if several:
                             self._refilled_at = clock()
-                            short = len(ready) < self._queue_size
                     else:
                         if self._backstop_holding:
                             # The backstop reads while we are all busy: we are not now.
@@ -458,21 +459,10 @@ class Dispatcher:
                                 self._idle += 1  # taken off by whoever notifies us
                                 followers.wait()
                     continue
-            if several:
-                if ready:
-                    # Messages wait behind this one: if they have waited long (slow
-                    # callbacks), hand them to another worker.
-                    if clock() - self._refilled_at > WAKE_AFTER:
-                        self._more()
-                elif (short and not read_turn.locked()
-                        and (self._idle or self._loops < self._workers)
-                        and not self._socket_has_more()):
-                    # Nothing more to read now: let another worker wait on the socket
-                    # meanwhile, so that a slow callback here (a request() awaiting its
-                    # answer, say) does not delay the next message. At most once per short
-                    # batch; not in a flood (full batches, or more already waiting, which
-                    # we read ourselves in a moment).
-                    self._more()
+            # Messages wait behind this one: if they have waited long (slow callbacks),
+            # hand them to another worker.
+            if several and ready and clock() - self._refilled_at > WAKE_AFTER:
+                self._more()
             if pause.wanted:
                 self._step_back()
             deliver(message)

@@ -271,6 +271,7 @@ class Supervisor:
             session._core.worker_idents = frozenset(
                 t.ident for t in dispatcher.threads if t.ident
             )
+        session._core.lend_reader = dispatcher.lend_reader
         session._core.serving = True
 
     def _fail_open(self, session: Session, error: BaseException) -> None:

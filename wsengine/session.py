@@ -36,6 +36,10 @@ def _ignore(count: int) -> None:
     return None
 
 
+def _ignore_nothing() -> None:
+    return None
+
+
 def _never() -> bool:
     return False
 
@@ -384,6 +388,9 @@ class _SessionCore:
         # reads the connection itself.
         self.serving = False
         self.worker_idents: frozenset[int] = frozenset()
+        # Set by the supervisor with the workers: request() calls it before waiting, so
+        # that a worker blocked in on_message hands the reading to another one.
+        self.lend_reader: Callable[[], None] = _ignore_nothing
         # The engine's span for this connection and the context that makes it current.
         self.span: trace.Span = trace.INVALID_SPAN
         self.otel_ctx: otel_context.Context | None = None
@@ -576,6 +583,7 @@ class Session:
             self.send(data)
             if not core.serving:
                 return self._read_for(pending, timeout)
+            core.lend_reader()
             if not pending.answered.wait(timeout):
                 raise TimeoutError(f"no matching message within {timeout} s")
             return self._answer(pending)
