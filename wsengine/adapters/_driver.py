@@ -303,6 +303,12 @@ class SocketDriver:
         """Parse what is buffered into ``out``; send what the protocol queued (pongs, a
         close reply) if the send turn is free; tear down a failed connection."""
         protocol = self._protocol
+        # Data frames only change the parser, which only the reader (us) touches: no state
+        # mutex for them. A control frame or a violation is acted on under it, below.
+        if protocol.read_data(out, limit):
+            if protocol.has_data_to_send():
+                self._kick()
+            return
         pongs = protocol.pongs_received
         with self._state_mutex:
             protocol.read_messages(out, limit)
