@@ -517,7 +517,9 @@ class Dispatcher:
                 if wait:
                     conn.wait_readable(None)
                 wait = True
-                if not self._take_pause_lock():
+                # Nobody wants it (nearly always): one non-blocking try, no timed wait.
+                if (pause.wanted or not engine_acquire(pause, False)) and not (
+                        self._take_pause_lock()):
                     return
                 try:
                     if self._draining:
