@@ -270,3 +270,56 @@ def test_partial_frame_buffered_is_not_pending_data(adapter: WebsocketClientAdap
         wait_for(lambda: adapter.read(timeout=0.01) is None and not adapter.has_pending_data())
         assert adapter.read_available(1) == []
         assert adapter.has_pending_data() is False
+
+
+
+def test_connections_reading_at_once_each_get_their_own_bytes() -> None:
+    """Plain connections read through a few shared buffers (recv_into, then a copy out):
+    three readers at once, on frames from 1 byte to past the buffer's 256 KiB, each get
+    exactly their own stream, whole and in order."""
+    sizes = [6, 1, 30, 125, 126, 1000, 65535, 65536, 70000, 300_000, 5, 2000] * 6
+    ids = iter(range(3))
+    ids_lock = threading.Lock()
+
+    def payload(conn_id: int, seq: int, size: int) -> bytes:
+        head = struct.pack("!HI", conn_id, seq)
+        return (head * (size // 6 + 1))[:size]
+
+    def flood(conn: RawConnection) -> None:
+        with ids_lock:
+            conn_id = next(ids)
+        conn.send_raw(b"".join(server_frame(0x2, payload(conn_id, seq, size))
+                               for seq, size in enumerate(sizes)))
+        conn.wait_eof(10)
+
+    results: dict[int, list[Message]] = {}
+    errors: list[BaseException] = []
+
+    def reader(index: int) -> None:
+        conn = WebsocketClientAdapter()
+        try:
+            conn.dial(server.url, 5)
+            got: list[Message] = []
+            deadline = time.monotonic() + 20
+            while len(got) < len(sizes) and time.monotonic() < deadline:
+                got.extend(conn.read_available(16))
+                if len(got) < len(sizes):
+                    conn.wait_readable(0.5)
+            results[index] = got
+        except BaseException as error:
+            errors.append(error)
+        finally:
+            conn.abort()
+
+    with RawServer(flood) as server:
+        for thread in run_threads(3, reader, "test-pooled-reader"):
+            thread.join(30)
+    assert not errors
+    assert len(results) == 3
+    seen = set()
+    for got in results.values():
+        conn_id = struct.unpack("!H", got[0].data[:2])[0]
+        seen.add(conn_id)
+        assert got == [Message(BINARY, payload(conn_id, seq, size))
+                       for seq, size in enumerate(sizes)]
+    assert seen == {0, 1, 2}

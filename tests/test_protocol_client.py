@@ -549,3 +549,49 @@ def test_each_frame_gets_a_fresh_mask() -> None:
     protocol = ClientProtocol()
     keys = {protocol.send_text("same")[2:6] for _ in range(8)}
     assert len(keys) > 1
+
+
+# -- read_data: the driver's unlocked pass over data frames ---------------------------------
+
+
+def test_read_data_leaves_a_ping_for_read_messages_to_answer() -> None:
+    """read_data parses data frames and stops at a control frame without acting on it (it
+    runs outside the driver's state mutex); the next read_messages answers it first, then
+    goes on with the frames after it, in order."""
+    protocol = ClientProtocol()
+    protocol.receive_data(b"".join([
+        server_frame(OP_TEXT, b"one"),
+        server_frame(OP_PING, b"p"),
+        server_frame(OP_BINARY, b"two"),
+    ]))
+    out: list[Message] = []
+    assert protocol.read_data(out, 16) is False
+    assert out == [Message(TEXT, "one")]
+    assert not protocol.has_data_to_send()  # not acted on yet
+    assert protocol.read_data(out, 16) is False  # still waiting for read_messages
+    protocol.read_messages(out, 16)
+    assert out == [Message(TEXT, "one"), Message(BINARY, b"two")]
+    assert [(f.opcode, f.payload) for f in sent(protocol)] == [(OP_PONG, b"p")]
+    assert protocol.read_data(out, 16) is True
+
+
+def test_read_data_leaves_a_close_and_a_violation_for_read_messages() -> None:
+    """A close frame, or a frame breaking the protocol, found by read_data is acted on
+    (close answered, connection failed with 1002) by the next read_messages only."""
+    protocol = ClientProtocol()
+    protocol.receive_data(server_frame(OP_CLOSE, close_payload(1001)))
+    assert protocol.read_data([], 16) is False
+    assert protocol.close_rcvd is None and protocol.state is State.OPEN
+    protocol.read_messages([], 16)
+    assert protocol.close_rcvd == CloseMessage(1001)
+    assert protocol.read_data([], 16) is False
+
+    protocol = ClientProtocol()
+    protocol.receive_data(server_frame(OP_BINARY, b"ok") + b"\x83\x00")  # reserved opcode
+    out: list[Message] = []
+    assert protocol.read_data(out, 16) is False
+    assert out == [Message(BINARY, b"ok")]
+    assert protocol.failure is None
+    protocol.read_messages(out, 16)
+    assert protocol.failure is not None and protocol.failure.code == 1002
+    assert out == [Message(BINARY, b"ok")]

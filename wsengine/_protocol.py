@@ -424,7 +424,7 @@ class FrameParser:
                             break
                         message = new(Message)
                         set_type(message, text)
-                        set_data(message, buf[pos + 2 : stop].decode("utf-8"))
+                        set_data(message, buf[pos + 2 : stop].decode())
                         append(message)
                         count += 1
                         pos = stop
@@ -456,7 +456,7 @@ class FrameParser:
                         message = new(Message)
                         if first == 0x81:
                             set_type(message, text)
-                            set_data(message, buf[start:stop].decode("utf-8"))
+                            set_data(message, buf[start:stop].decode())
                         else:
                             set_type(message, binary)
                             set_data(message, buf[start:stop])
@@ -659,6 +659,7 @@ class ClientProtocol:
         "_extension",
         "_parser",
         "_pongs",
+        "_stopped",
         "close_rcvd",
         "close_sent",
         "failure",
@@ -686,6 +687,9 @@ class ClientProtocol:
         self._pongs: collections.deque[bytes] = collections.deque(maxlen=_MAX_PENDING_PONGS)
         # Other control frames queued, in order: pings, then at most one close frame.
         self._control: list[bytes] = []
+        # The control frame (or the violation) read_data stopped at, parsed and not yet
+        # acted on; read_messages acts on it first. Reader only.
+        self._stopped: Control | FrameError | None = None
 
     # -- receiving ------------------------------------------------------------------------
 
@@ -724,11 +728,20 @@ class ClientProtocol:
         budget = _CONTROL_BUDGET
         while budget:
             budget -= 1
-            try:
-                control = parser.parse(out, limit)
-            except FrameError as error:
-                self.fail(error.code, error.reason)
-                return
+            stopped = self._stopped
+            if stopped is not None:
+                # What read_data stopped at: acted on here, as if parsed just now.
+                self._stopped = None
+                if isinstance(stopped, FrameError):
+                    self.fail(stopped.code, stopped.reason)
+                    return
+                control: Control | None = stopped
+            else:
+                try:
+                    control = parser.parse(out, limit)
+                except FrameError as error:
+                    self.fail(error.code, error.reason)
+                    return
             if control is None:
                 return
             opcode, payload = control
@@ -740,6 +753,27 @@ class ClientProtocol:
             else:
                 self._receive_close()
                 return
+
+    def read_data(self, out: list[Message], limit: int) -> bool:
+        """Parse like :meth:`read_messages`, but change nothing outside the parser: at a
+        control frame or a protocol violation, keep it for the next :meth:`read_messages`
+        call (which acts on it first) and return False.
+
+        The driver calls this without its state mutex, since only the reader touches the
+        parser; it returns True when there is nothing to act on (the common case: data
+        frames only), else the driver calls :meth:`read_messages` under the mutex.
+        """
+        if self.failure is not None or self.close_rcvd is not None or self._stopped is not None:
+            return False
+        try:
+            control = self._parser.parse(out, limit)
+        except FrameError as error:
+            self._stopped = error
+            return False
+        if control is None:
+            return True
+        self._stopped = control
+        return False
 
     def discard_messages(self) -> None:
         """Parse and drop what is buffered (data after this side's close frame)."""
