@@ -212,8 +212,9 @@ class LeasedConnection(ConnectionAdapter):
     Attributes of the adapter not in the interface are passed through; methods among them
     are fenced like the rest.
 
-    The read path's methods (``wait_readable``, ``read_available``) spell the lease out
-    inline rather than through a generic wrapper: they run twice per read turn.
+    The read path's methods (``wait_readable``, ``read_available``) and ``write`` spell
+    the lease out inline rather than through a generic wrapper: they run twice per read
+    turn, or once per message sent.
     """
 
     def __init__(self, adapter: ConnectionAdapter, lease: AdapterLease) -> None:
@@ -263,7 +264,20 @@ class LeasedConnection(ConnectionAdapter):
         return self._call(self._adapter.read, timeout)
 
     def write(self, data: str | bytes, *args: Any, **kwargs: Any) -> None:
-        self._call(self._adapter.write, data, *args, **kwargs)
+        busy = self._busy
+        busy.append(None)  # AdapterLease.enter, inline: the send path runs it per message
+        try:
+            for lease in self._chain:
+                if lease._revoked:
+                    raise ConnectionClosedError(1006, _REVOKED)
+            if args or kwargs:
+                self._adapter.write(data, *args, **kwargs)
+            else:
+                self._adapter.write(data)
+        finally:
+            busy.pop()  # AdapterLease.leave, inline
+            if not busy and self._lease._root._idle_waiters:
+                self._lease.notify_idle()
 
     def ping(self, payload: bytes = b"") -> None:
         self._call(self._adapter.ping, payload)
