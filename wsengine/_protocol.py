@@ -146,13 +146,14 @@ def decode_close(payload: bytes) -> tuple[int, str]:
 # atomic under the GIL, so no two frames get the same key.
 _MASK_POOL_BYTES: Final = 4096
 _masks: Iterator[bytes] = iter(())
+# Cuts a pool into its 4-byte keys in one C call.
+_SPLIT_MASKS: Final = struct.Struct("4s" * (_MASK_POOL_BYTES // 4)).unpack
 
 
 def _refill_masks() -> bytes:
     """Start a fresh pool of masking keys (4-byte strings) and return its first one."""
     global _masks
-    pool = os.urandom(_MASK_POOL_BYTES)
-    _masks = iter([pool[i : i + 4] for i in range(0, _MASK_POOL_BYTES, 4)])
+    _masks = iter(_SPLIT_MASKS(os.urandom(_MASK_POOL_BYTES)))
     return next(_masks)
 
 
