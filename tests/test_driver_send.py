@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import threading
 
+import pytest
+
 from tests.support.rawserver import RawConnection, RawServer
+from wsengine import _protocol
 from wsengine._protocol import encode_frame
 from wsengine.adapters.websocket_client import WebsocketClientAdapter
 
@@ -130,3 +133,48 @@ def test_masks_vary_between_frames() -> None:
     across pool refills."""
     keys = [encode_frame(OP_BINARY, b"x")[2:6] for _ in range(5000)]
     assert len(set(keys)) > 4990
+
+
+def unmask(frame: bytes) -> bytes:
+    """The payload of one masked client frame, by the RFC 6455 definition (byte by byte)."""
+    length = frame[1] & 0x7F
+    start = 2
+    if length == 126:
+        length, start = int.from_bytes(frame[2:4], "big"), 4
+    elif length == 127:
+        length, start = int.from_bytes(frame[2:10], "big"), 10
+    key = frame[start : start + 4]
+    body = frame[start + 4 :]
+    assert len(body) == length
+    return bytes(byte ^ key[i % 4] for i, byte in enumerate(body))
+
+
+def test_both_maskers_mask_as_rfc_6455_says(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The C masker (websockets' speedups, when installed) and the pure-Python fallback
+    each give frames whose payload unmasks to the original, at every header length and
+    every length modulo 4."""
+    sizes = [*range(0, 140), 1023, 1024, 1025, 65535, 65536, 70001]
+    for masker in (_protocol._load_masker, _protocol._mask_python):
+        monkeypatch.setattr(_protocol, "_apply_mask", masker)
+        for size in sizes:
+            payload = bytes((i * 7 + size) % 256 for i in range(size))
+            assert unmask(encode_frame(OP_BINARY, payload)) == payload, (masker, size)
+            assert unmask(encode_frame(OP_BINARY, memoryview(bytearray(payload)))) == payload
+
+
+def test_python_masker_frames_arrive_intact(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the C masker (websockets not installed) frames still reach a real server
+    whole and unmasked right."""
+    monkeypatch.setattr(_protocol, "_apply_mask", _protocol._mask_python)
+    frames: list[tuple[bool, int, bytes]] = []
+    payloads = [bytes([n % 256]) * n for n in (0, 1, 5, 125, 126, 1000, 70000)]
+    with RawServer(record_until_close(frames)) as server:  # type: ignore[arg-type]
+        conn = WebsocketClientAdapter()
+        try:
+            conn.dial(server.url, 5)
+            for payload in payloads:
+                conn.write(payload, timeout=10)
+            conn.close(1000, "", 10)
+        finally:
+            conn.abort()
+    assert [payload for _, _, payload in frames] == payloads

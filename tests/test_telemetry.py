@@ -469,3 +469,31 @@ def test_engines_sharing_a_provider_report_separate_series(echo_server: WsServer
         assert points and all("wsengine.engine.name" in dict(p.attributes) for p in points)
     with pytest.raises(ConfigError, match="name"):
         WebsocketEngine(echo_server.url, WebsocketClient(), name="")
+
+
+def test_messages_sent_exact_from_four_threads(echo_server: WsServer, otel: Telemetry) -> None:
+    """4 threads x 500 engine.send at once: wsengine.messages.sent reads exactly 2000 (the
+    counter is bound once per engine and added to without a lock of ours)."""
+    threads, per_thread = 4, 500
+    client = Observer(expected=threads * per_thread)
+    errors: list[BaseException] = []
+    with WebsocketEngine(echo_server.url, client, config=CONFIG,
+                         meter_provider=otel.meter_provider) as engine:
+        barrier = threading.Barrier(threads, timeout=10)
+
+        def work() -> None:
+            try:
+                barrier.wait()
+                for _ in range(per_thread):
+                    engine.send(b"m", timeout=10)
+            except BaseException as error:  # reported below
+                errors.append(error)
+
+        workers = [threading.Thread(target=work) for _ in range(threads)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(30)
+        assert not errors
+        assert client.done.wait(20)
+        assert sum(p.value for p in otel.metric("wsengine.messages.sent")) == threads * per_thread

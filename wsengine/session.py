@@ -28,6 +28,10 @@ _T = TypeVar("_T")
 
 logger = logging.getLogger("wsengine")
 
+# What send() takes. A tuple, not ``str | bytes | ...``: that union is built anew on every
+# call, which costs a send about 0.15 us.
+_SENDABLE = (str, bytes, bytearray, memoryview)
+
 #: Tells whether a received message answers a :meth:`Session.request`.
 MatchFunction = Callable[[Message], bool]
 
@@ -212,8 +216,9 @@ class LeasedConnection(ConnectionAdapter):
     Attributes of the adapter not in the interface are passed through; methods among them
     are fenced like the rest.
 
-    The read path's methods (``wait_readable``, ``read_available``) spell the lease out
-    inline rather than through a generic wrapper: they run twice per read turn.
+    The read path's methods (``wait_readable``, ``read_available``) and ``write`` spell
+    the lease out inline rather than through a generic wrapper: they run twice per read
+    turn, or once per message sent.
     """
 
     def __init__(self, adapter: ConnectionAdapter, lease: AdapterLease) -> None:
@@ -263,7 +268,20 @@ class LeasedConnection(ConnectionAdapter):
         return self._call(self._adapter.read, timeout)
 
     def write(self, data: str | bytes, *args: Any, **kwargs: Any) -> None:
-        self._call(self._adapter.write, data, *args, **kwargs)
+        busy = self._busy
+        busy.append(None)  # AdapterLease.enter, inline: the send path runs it per message
+        try:
+            for lease in self._chain:
+                if lease._revoked:
+                    raise ConnectionClosedError(1006, _REVOKED)
+            if args or kwargs:
+                self._adapter.write(data, *args, **kwargs)
+            else:
+                self._adapter.write(data)
+        finally:
+            busy.pop()  # AdapterLease.leave, inline
+            if not busy and self._lease._root._idle_waiters:
+                self._lease.notify_idle()
 
     def ping(self, payload: bytes = b"") -> None:
         self._call(self._adapter.ping, payload)
@@ -509,7 +527,7 @@ class Session:
             TimeoutError: ``timeout`` passed.
             ConfigError: ``timeout`` is not a positive number or None.
         """
-        if not isinstance(data, str | bytes | bytearray | memoryview):
+        if not isinstance(data, _SENDABLE):
             raise TypeError(f"send() takes str or bytes, not {type(data).__name__}")
         core = self._core
         if core.closed:

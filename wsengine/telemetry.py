@@ -9,6 +9,7 @@ recording, and message counters are updated once per read batch.
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 import time
@@ -222,6 +223,11 @@ class Telemetry:
         self._messages_received = instruments.messages_received
         self._bytes_received = instruments.bytes_received
         self._messages_sent = instruments.messages_sent
+        #: Count ``messages`` data messages sent: the counter's ``add`` bound to this
+        #: engine's attributes, called directly (no frame of ours) once per message sent.
+        self.count_sent: Callable[[int], None] = functools.partial(
+            instruments.messages_sent.add, attributes=self.attributes
+        )
         self._reconnects = instruments.reconnects
         self._open_connections = instruments.open_connections
         self.callback_duration = instruments.callback_duration
@@ -234,10 +240,6 @@ class Telemetry:
         """Count one read batch: ``messages`` data messages of ``size`` payload bytes."""
         self._messages_received.add(messages, self.attributes)
         self._bytes_received.add(size, self.attributes)
-
-    def count_sent(self, messages: int) -> None:
-        """Count data messages sent."""
-        self._messages_sent.add(messages, self.attributes)
 
     def count_reconnect(self) -> None:
         """Count one successful reconnection."""

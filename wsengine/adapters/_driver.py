@@ -82,6 +82,7 @@ _FAIL_SEND_TIMEOUT: Final = 1.0
 _TEARDOWN_GRACE: Final = 2.0
 _POLLIN: Final = select.POLLIN
 _POLLOUT: Final = select.POLLOUT
+_OPEN: Final = State.OPEN
 
 
 def _poll_ms(seconds: float | None) -> int | None:
@@ -469,46 +470,51 @@ class SocketDriver:
                 torn down (a partial frame cannot be taken back): readers then see 1006.
             ConnectionClosedError: the connection is closed.
         """
-        if (
-            not self._batching
-            or not isinstance(data, str | bytes | bytearray | memoryview)
-            or len(data) > _BATCH_MAX_BYTES
-        ):
-            # Large frames gain nothing from batching; encoded under the turn, as before,
-            # they keep their place ahead of control frames queued meanwhile.
-            self._write_serial(data, timeout)
-            return
         # Encoded outside the send turn (masking is most of the work), so that waiting
         # writers encode while the holder is in the kernel. Without an extension, encoding
         # depends on nothing but the data; the check that no close frame went before it is
-        # made under the turn, by whoever writes it.
+        # made under the turn, by whoever writes it. Large frames gain nothing from
+        # batching; encoded under the turn, as before, they keep their place ahead of
+        # control frames queued meanwhile.
         if isinstance(data, str):
+            if not self._batching or len(data) > _BATCH_MAX_BYTES:
+                self._write_serial(data, timeout)
+                return
             frame = encode_frame(OP_TEXT, data.encode("utf-8"))
         elif isinstance(data, _BYTES_LIKE):
+            if not self._batching or len(data) > _BATCH_MAX_BYTES:
+                self._write_serial(data, timeout)
+                return
             frame = encode_frame(OP_BINARY, data)
         else:
             raise TypeError(f"data must be str or bytes, not {type(data).__name__}")
         if self._torn_down:
             raise self._closed()
         deadline = None if timeout is None else time.monotonic() + timeout
-        mutex = self._send_mutex
-        if mutex.acquire(blocking=False):
+        if self._send_mutex.acquire(blocking=False):
             protocol = self._protocol
             if (
                 self._pending is None
                 and not self._queue
                 and protocol.close_sent is None
-                and protocol.state is State.OPEN
+                and protocol.state is _OPEN
                 and not protocol.has_data_to_send()
             ):
                 # The common case, kept short: nothing queued, nothing before our frame.
                 try:
-                    sent = self._send_some(frame)
-                except BaseException:
-                    self._release_send_turn()
-                    raise
+                    sent = self._sock.send(frame)
+                except BlockingIOError:
+                    sent = 0
+                except BaseException as error:
+                    try:
+                        if isinstance(error, OSError | ValueError):
+                            self._write_failed(error)
+                            raise self._closed() from None
+                        raise
+                    finally:
+                        self._release_send_turn()
                 if sent == len(frame):
-                    mutex.release()
+                    self._send_mutex.release()
                     if self._queue or protocol.has_data_to_send():
                         self._after_release()
                     return
