@@ -154,7 +154,10 @@ def test_both_maskers_mask_as_rfc_6455_says(monkeypatch: pytest.MonkeyPatch) -> 
     each give frames whose payload unmasks to the original, at every header length and
     every length modulo 4."""
     sizes = [*range(0, 140), 1023, 1024, 1025, 65535, 65536, 70001]
-    for masker in (_protocol._load_masker, _protocol._mask_python):
+    _protocol.load_masker()
+    maskers = [_protocol._apply_mask, _protocol._mask_python]
+    assert maskers[0] is not _protocol._mask_unresolved
+    for masker in maskers:
         monkeypatch.setattr(_protocol, "_apply_mask", masker)
         for size in sizes:
             payload = bytes((i * 7 + size) % 256 for i in range(size))
@@ -178,3 +181,13 @@ def test_python_masker_frames_arrive_intact(monkeypatch: pytest.MonkeyPatch) -> 
         finally:
             conn.abort()
     assert [payload for _, _, payload in frames] == payloads
+
+
+def test_the_masker_is_chosen_when_a_connection_is_made_not_on_a_send(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Choosing the masker may import websockets (about 20 ms, under the import lock):
+    that happens when a protocol is made, on the dialing thread, never in a send."""
+    monkeypatch.setattr(_protocol, "_apply_mask", _protocol._mask_unresolved)
+    _protocol.ClientProtocol()
+    assert _protocol._apply_mask is not _protocol._mask_unresolved

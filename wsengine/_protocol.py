@@ -194,26 +194,34 @@ def _mask_python(payload: bytes | bytearray | memoryview, mask: bytes) -> bytes:
     return _mask_int(int.from_bytes(mask, "little"), payload, length)
 
 
-def _load_masker(payload: bytes | bytearray | memoryview, mask: bytes) -> bytes:
-    """The first frame's masking: pick the fastest masker installed, then mask.
+def load_masker() -> None:
+    """Pick the fastest masker installed, once per process (idempotent, cheap after).
 
     websockets' C ``apply_mask`` (present when the ``websockets`` extra is installed)
-    masks 1 KiB in about 0.1 us against 2 us for the big-integer XOR. Looked up on first
-    use, not at import: importing websockets costs about 20 ms, paid only by a program
-    that sends.
+    masks 1 KiB in about 0.1 us against 2 us for the big-integer XOR. Looked up when the
+    first connection's protocol is made (on the thread that dials), not at import
+    (importing websockets costs about 20 ms, paid only by a program that connects) and
+    never on a send: an import there would hold the import lock in a hot path.
     """
     global _apply_mask
+    if _apply_mask is not _mask_unresolved:
+        return
     try:
         from websockets.speedups import apply_mask
     except ImportError:
         _apply_mask = _mask_python
     else:
         _apply_mask = apply_mask
+
+
+def _mask_unresolved(payload: bytes | bytearray | memoryview, mask: bytes) -> bytes:
+    """Masking before :func:`load_masker` ran (encode_frame used on its own)."""
+    load_masker()
     return _apply_mask(payload, mask)
 
 
-# XOR a payload with a 4-byte mask repeated; resolved by the first call (_load_masker).
-_apply_mask: Callable[[bytes | bytearray | memoryview, bytes], bytes] = _load_masker
+# XOR a payload with a 4-byte mask repeated; resolved by load_masker().
+_apply_mask: Callable[[bytes | bytearray | memoryview, bytes], bytes] = _mask_unresolved
 
 
 def mask_payload(mask: bytes, payload: bytes | bytearray | memoryview) -> bytes:
@@ -697,6 +705,7 @@ class ClientProtocol:
     ) -> None:
         self._parser = FrameParser(max_size, extension)
         self._extension = extension
+        load_masker()
         self.state = State.OPEN
         #: The peer's close frame (code 1005 when it had no payload), once received.
         self.close_rcvd: CloseMessage | None = None
