@@ -330,10 +330,10 @@ class SocketDriver:
         """
         if self._torn_down:
             return -1
-        # recv(n) gives a bytes object at once (no copy out of a receive buffer, no idle
-        # 64 KiB buffer per connection). While a frame is partly buffered, read up to its
-        # end only: joining the part buffered with a whole 64 KiB chunk would copy the
-        # chunk once more, and a big frame is not re-assembled from 64 KiB reads.
+        # Plain sockets read into one of the shared buffers and copy out once (no idle
+        # buffer per connection); TLS and frames bigger than a shared buffer use recv(n).
+        # While a frame is partly buffered, read up to its end only: joining the part
+        # buffered with a whole chunk would copy the chunk once more.
         protocol = self._protocol
         want = protocol.wanted()
         try:
