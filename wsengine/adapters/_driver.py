@@ -481,7 +481,13 @@ class SocketDriver:
         # made under the turn, by whoever writes it. Large frames gain nothing from
         # batching; encoded under the turn, as before, they keep their place ahead of
         # control frames queued meanwhile.
-        if isinstance(data, str):
+        # type() is first: one identity test for the common bytes, before isinstance.
+        if type(data) is bytes:
+            if len(data) > self._batch_max:
+                self._write_serial(data, timeout)
+                return
+            frame = encode_frame(OP_BINARY, data)
+        elif isinstance(data, str):
             if len(data) > self._batch_max:
                 self._write_serial(data, timeout)
                 return
