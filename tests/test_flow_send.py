@@ -397,3 +397,35 @@ def test_send_buffer_zero_keeps_the_old_behaviour(
         assert len(client.refused) == 1
         wait_for(lambda: collector.messages() == ["open-1"])
         stop_and_check(engine)
+
+
+def test_a_revoked_session_refuses_sends_on_the_fast_path(
+    make_adapter: Callable[[], ConnectionAdapter],
+) -> None:
+    """The inline send path (no timeout, no send_rate) keeps the lease's word and the
+    errors' shapes: once the session's lease is revoked (here while the engine still says
+    OPEN, as when the session ends during a send), engine.send raises EngineStateError
+    with the ConnectionClosedError (1006) as its cause, session.send raises that error,
+    and neither message reaches the server; sends before it arrive in order."""
+    collector = Collector()
+    client = Recorder()
+    with run_ws_server(collector) as server:
+        engine = WebsocketEngine(server.url, client, adapter=make_adapter(), config=fast())
+        engine.start()
+        session = engine.session
+        assert session is not None
+        engine.send("e1")
+        session.send(b"s2")
+        collector.wait_count(2)
+        session.conn.lease.revoke()  # type: ignore[attr-defined]
+        with pytest.raises(EngineStateError) as raised:
+            engine.send("late-engine")
+        cause = raised.value.__cause__
+        assert isinstance(cause, ConnectionClosedError)
+        assert cause.code == 1006
+        with pytest.raises(ConnectionClosedError) as closed:
+            session.send("late-session")
+        assert closed.value.code == 1006
+        assert collector.messages() == ["e1", b"s2"]
+        engine._adapter.abort()  # the revoked view's close would do nothing
+        stop_and_check(engine)

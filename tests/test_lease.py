@@ -84,3 +84,29 @@ def test_a_live_lease_counts_and_releases_each_call(adapter: Marking) -> None:
         view.read_available(16)  # the adapter's own error, through a live lease
     assert run.wait_idle(0)
     assert not view.lease.revoked
+
+
+def test_a_view_writes_only_to_the_connection_open_when_it_was_made(
+    adapter: Marking, echo_server: WsServer
+) -> None:
+    """The send fast path binds a view to the connection's own write: after the adapter
+    opened another connection behind the view's back (a live lease, so only the binding
+    stands in the way), the view's write raises 1006 and the new connection gets nothing;
+    a dial through the view rebinds it to the connection it opened."""
+    run = AdapterLease()
+    view = LeasedConnection(adapter, run.child())
+    view.write("first")
+    assert adapter.wait_readable(5)
+    assert [m.data for m in adapter.read_available(16)] == ["first"]
+    adapter.dial(echo_server.url, 5)  # a newer connection, not through the view
+    with pytest.raises(ConnectionClosedError) as caught:
+        view.write("stale")
+    assert caught.value.code == 1006
+    adapter.write("fresh")
+    assert adapter.wait_readable(5)
+    assert [m.data for m in adapter.read_available(16)] == ["fresh"]  # no "stale" first
+    view.dial(echo_server.url, 5)
+    view.write("rebound")
+    assert view.wait_readable(5)
+    assert [m.data for m in view.read_available(16)] == ["rebound"]
+    assert run.wait_idle(0)

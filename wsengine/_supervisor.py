@@ -211,6 +211,7 @@ class Supervisor:
         core.write_timeout = self._write_timeout
         core.stopping = self.stop_requested.is_set
         core.send_timed_out = lambda: self._telemetry.send_timed_out(span)
+        session._resolve_lane()  # the limiter is known now
         try:
             self._in_session(session, "on_open", self._client.on_open, session, response, restarting
             )

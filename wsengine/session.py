@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
+from wsengine.adapters._driver import DrivenAdapter
 from wsengine.adapters.base import ConnectionAdapter
 from wsengine.errors import ConfigError, ConnectionClosedError, EngineStateError
 from wsengine.types import CloseMessage, HandshakeResponse, Message
@@ -227,6 +228,13 @@ class LeasedConnection(ConnectionAdapter):
         # The lease's parts the inline paths use (fixed for the lease's life).
         self._busy = lease._busy
         self._chain = lease._chain
+        self._root = lease._root
+        # What write() calls with the data alone: the connection's own write when the
+        # adapter offers it (DrivenAdapter.direct_write: one frame less per message, and
+        # bound to the connection open now, so it can only ever reach that one), else the
+        # adapter's. Resolved again by dial(). The send paths of Session and the engine
+        # call it inline, after the same register-then-check of the lease.
+        self._direct: Callable[..., None] = self._resolve_direct()
 
     @property
     def adapter(self) -> ConnectionAdapter:
@@ -237,6 +245,11 @@ class LeasedConnection(ConnectionAdapter):
     def lease(self) -> AdapterLease:
         """The lease this view acts under."""
         return self._lease
+
+    def _resolve_direct(self) -> Callable[..., None]:
+        adapter = self._adapter
+        direct = adapter.direct_write() if isinstance(adapter, DrivenAdapter) else None
+        return adapter.write if direct is None else direct
 
     def _call(self, function: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         lease = self._lease
@@ -260,9 +273,13 @@ class LeasedConnection(ConnectionAdapter):
         self, url: str, timeout: float | None, headers: Mapping[str, str] | None = None
     ) -> HandshakeResponse:
         # The keyword goes on only when given: an adapter written for 0.1 lacks it.
-        if headers is None:
-            return self._call(self._adapter.dial, url, timeout)
-        return self._call(self._adapter.dial, url, timeout, headers=headers)
+        try:
+            if headers is None:
+                return self._call(self._adapter.dial, url, timeout)
+            return self._call(self._adapter.dial, url, timeout, headers=headers)
+        finally:
+            # Whatever the outcome, write() follows the connection the adapter has now.
+            self._direct = self._resolve_direct()
 
     def read(self, timeout: float | None = None) -> Message | None:
         return self._call(self._adapter.read, timeout)
@@ -275,12 +292,12 @@ class LeasedConnection(ConnectionAdapter):
                 if lease._revoked:
                     raise ConnectionClosedError(1006, _REVOKED)
             if args or kwargs:
-                self._adapter.write(data, *args, **kwargs)
+                self._direct(data, *args, **kwargs)
             else:
-                self._adapter.write(data)
+                self._direct(data)
         finally:
             busy.pop()  # AdapterLease.leave, inline
-            if not busy and self._lease._root._idle_waiters:
+            if not busy and self._root._idle_waiters:
                 self._lease.notify_idle()
 
     def ping(self, payload: bytes = b"") -> None:
@@ -335,7 +352,9 @@ class LeasedConnection(ConnectionAdapter):
         return self._adapter.has_pending_data()
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("__") or name in ("_adapter", "_lease", "_busy", "_chain"):
+        if name.startswith("__") or name in (
+            "_adapter", "_lease", "_busy", "_chain", "_root", "_direct"
+        ):
             raise AttributeError(name)
         value = getattr(self._adapter, name)
         if callable(value):
@@ -500,6 +519,19 @@ class Session:
         self.conn = conn
         self.pause_lock = pause_lock
         self._core = _SessionCore(self, on_end)
+        # The send fast path (send() with no timeout): the leased view whose lease check
+        # and write send() spells out inline, or None when the session has no such view or
+        # the engine has a send_rate (then every send takes the full path). Set here and
+        # by the supervisor (_resolve_lane) once the session's limiter is known.
+        self._lane: LeasedConnection | None = None
+        self._resolve_lane()
+
+    def _resolve_lane(self) -> None:
+        """Choose the send fast path from ``conn`` and the limiter; the supervisor calls
+        it again after setting up the session's send path. Does not block."""
+        conn = self.conn
+        fast = isinstance(conn, LeasedConnection) and self._core.limiter is None
+        self._lane = conn if fast else None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
         return f"<Session {self.id} {'closed' if self._core.closed else 'open'}>"
@@ -532,9 +564,27 @@ class Session:
         core = self._core
         if core.closed:
             raise ConnectionClosedError(core.closed_code(), "session closed")
+        lane = self._lane
+        if timeout is None and lane is not None:
+            # The common case, kept short: LeasedConnection.write inline (register, then
+            # check the lease; see AdapterLease), straight into the connection's write.
+            # engine.send() has the same lines.
+            busy = lane._busy
+            busy.append(None)
+            try:
+                for lease in lane._chain:
+                    if lease._revoked:
+                        raise ConnectionClosedError(1006, _REVOKED)
+                lane._direct(data)
+            finally:
+                busy.pop()
+                if not busy and lane._root._idle_waiters:
+                    lane._lease.notify_idle()
+            core.count_sent(1)
+            return
         limiter = core.limiter
         if timeout is None and limiter is None:
-            self.conn.write(data)  # the common case, kept short
+            self.conn.write(data)
             core.count_sent(1)
             return
         deadline = send_deadline("send()", timeout)
