@@ -323,3 +323,40 @@ def test_connections_reading_at_once_each_get_their_own_bytes() -> None:
         assert got == [Message(BINARY, payload(conn_id, seq, size))
                        for seq, size in enumerate(sizes)]
     assert seen == {0, 1, 2}
+
+
+def test_read_available_acts_on_a_ping_between_data_frames(
+    adapter: WebsocketClientAdapter,
+) -> None:
+    """read_available parses buffered data frames without the state mutex, and stops at
+    a control frame: the ping between them is answered, and every message comes out
+    once, in order, at most ``max_messages`` per call."""
+    big = bytes(range(256)) * 2  # a 16-bit length
+    pongs: list[tuple[bool, int, bytes]] = []
+
+    def script(conn: RawConnection) -> None:
+        conn.send_raw(b"".join([
+            server_frame(0x1, b"one"), server_frame(0x2, big), server_frame(0x9, b"p1"),
+            server_frame(0x1, b"two"), server_frame(0x9, b"p2"), server_frame(0x2, b"three"),
+        ]))
+        pongs.append(conn.recv_frame(5))
+        pongs.append(conn.recv_frame(5))
+        conn.wait_eof(5)
+
+    with RawServer(script) as server:
+        adapter.dial(server.url, 5)
+        got: list[Message] = []
+        calls: list[int] = []
+        deadline = time.monotonic() + 5
+        while len(got) < 4 and time.monotonic() < deadline:
+            batch = adapter.read_available(2)
+            calls.append(len(batch))
+            got.extend(batch)
+            if not batch:
+                adapter.wait_readable(0.5)
+        assert got == [Message(TEXT, "one"), Message(BINARY, big), Message(TEXT, "two"),
+                       Message(BINARY, b"three")]
+        assert max(calls) <= 2
+        wait_for(lambda: len(pongs) == 2)
+        adapter.abort()
+    assert pongs == [(True, 0xA, b"p1"), (True, 0xA, b"p2")]

@@ -73,7 +73,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, MutableMapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -431,60 +431,82 @@ class Dispatcher:
     def _work_loop(self) -> None:
         ready = self._ready
         popleft = ready.popleft
-        held = self._held
+        when_empty = self._when_empty
         deliver = self._deliver
         pause = self._pause_lock
-        followers = self._followers
-        read_turn = self._read_turn
-        clock = time.perf_counter
         several = self._workers > 1
         # The plain deliver (see make_deliver) is run inline: a Python call per message is
-        # about a tenth of the time a small message costs. Same steps, same order.
+        # about a tenth of the time a small message costs. Same steps, same order. The
+        # hand-off is looked at before popleft(): the IndexError of an empty one, once per
+        # batch, cost more than the look per message.
         plain: _Plain | None = getattr(deliver, _PLAIN, None)
-        if plain is not None:
-            session, on_message, requests, offer, interrupted = plain
-        while True:
-            try:
-                message = popleft()
-            except IndexError:
-                if held:
-                    # What the backstop read while we were all busy: next in line.
-                    taken = self._take_held()
-                    if taken is None:
+        if plain is None:
+            while True:
+                if ready:
+                    try:
+                        message = popleft()
+                    except IndexError:  # another worker (or a drop policy) took the last one
                         continue
-                    message = taken
-                    if several and held:
-                        self._more()  # rare (we were all busy): more hands for the rest
                 else:
-                    if self._draining:
+                    got = when_empty(several)
+                    if got is None:
+                        continue
+                    if got is False:
                         return
-                    if read_turn.acquire(blocking=False):
-                        try:
-                            self._refill()
-                        finally:
-                            read_turn.release()
-                        if several:
-                            self._refilled_at = clock()
-                    else:
-                        if self._backstop_holding:
-                            # The backstop reads while we are all busy: we are not now.
-                            self._turn_wanted = True
-                            self._conn.wake_reader()
-                        with followers:
-                            if (not ready and not held and read_turn.locked()
-                                    and not self._draining):
-                                self._idle += 1  # taken off by whoever notifies us
-                                followers.wait()
+                    message = got
+                if several and ready and time.perf_counter() - self._refilled_at > WAKE_AFTER:
+                    self._more()
+                if pause.wanted:
+                    self._step_back()
+                deliver(message)
+        session, on_message, requests, offer, interrupted = plain
+        if not several:
+            # One worker (the same steps as below, less the hand-over check): it runs
+            # per message, so what it can leave out counts.
+            while True:
+                if ready:
+                    try:
+                        message = popleft()
+                    except IndexError:  # another worker (or a drop policy) took the last one
+                        continue
+                else:
+                    got = when_empty(False)
+                    if got is None:
+                        continue
+                    if got is False:
+                        return
+                    message = got
+                if pause.wanted:
+                    self._step_back()
+                if requests and offer(message):
                     continue
+                try:
+                    on_message(session, message)
+                except Exception:
+                    logger.exception("on_message raised; the engine goes on")
+                except BaseException as error:
+                    interrupted("on_message", error)
+        clock = time.perf_counter
+        more = self._more
+        while True:
+            if ready:
+                try:
+                    message = popleft()
+                except IndexError:  # another worker (or a drop policy) took the last one
+                    continue
+            else:
+                got = when_empty(True)
+                if got is None:
+                    continue
+                if got is False:
+                    return
+                message = got
             # Messages wait behind this one: if they have waited long (slow callbacks),
             # hand them to another worker.
-            if several and ready and clock() - self._refilled_at > WAKE_AFTER:
-                self._more()
+            if ready and clock() - self._refilled_at > WAKE_AFTER:
+                more()
             if pause.wanted:
                 self._step_back()
-            if plain is None:
-                deliver(message)
-                continue
             if requests and offer(message):
                 continue
             try:
@@ -493,6 +515,40 @@ class Dispatcher:
                 logger.exception("on_message raised; the engine goes on")
             except BaseException as error:
                 interrupted("on_message", error)
+
+    def _when_empty(self, several: bool) -> Message | Literal[False] | None:
+        """The hand-off is empty: return a held-back message, refill the hand-off (or
+        wait while another worker does) and return None to look again, or return False
+        when the session drained and this worker loop ends."""
+        held = self._held
+        if held:
+            # What the backstop read while we were all busy: next in line.
+            taken = self._take_held()
+            if taken is not None and several and held:
+                self._more()  # rare (we were all busy): more hands for the rest
+            return taken
+        if self._draining:
+            return False
+        read_turn = self._read_turn
+        if read_turn.acquire(blocking=False):
+            try:
+                self._refill()
+            finally:
+                read_turn.release()
+            if several:
+                self._refilled_at = time.perf_counter()
+            return None
+        if self._backstop_holding:
+            # The backstop reads while we are all busy: we are not now.
+            self._turn_wanted = True
+            self._conn.wake_reader()
+        followers = self._followers
+        with followers:
+            if (not self._ready and not held and read_turn.locked()
+                    and not self._draining):
+                self._idle += 1  # taken off by whoever notifies us
+                followers.wait()
+        return None
 
     def _refill(self) -> None:
         """Read until at least one message is in _ready, or the session drains.

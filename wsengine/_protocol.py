@@ -431,79 +431,78 @@ class FrameParser:
         end = len(buf)
         if end - pos < self._need:
             return None
-        count = len(out)
         append = out.append
         new = _new_message
         set_type = _set_type
         set_data = _set_data
         text = _TEXT
         binary = _BINARY
-        # The fast path takes small frames only while no fragmented message is open.
-        fast_max = -1 if self._frag_opcode else self._fast_max
         fast_max16 = self._fast_max16
         need = 2
         try:
-            while count < limit:
-                # Past the end, indexing raises IndexError: cheaper than checking each time.
-                first = buf[pos]
-                length = buf[pos + 1]
-                # One comparison sends masked frames (bit 7 set) and long ones to the slow
-                # path; unfragmented small TEXT and BINARY frames are done inline.
-                if length <= fast_max:
-                    stop = pos + 2 + length
-                    if first == 0x81:
-                        if stop > end:
-                            need = stop - pos
-                            break
-                        message = new(Message)
-                        set_type(message, text)
-                        set_data(message, buf[pos + 2 : stop].decode())
-                        append(message)
-                        count += 1
-                        pos = stop
-                        continue
-                    if first == 0x82:
-                        if stop > end:
-                            need = stop - pos
-                            break
-                        message = new(Message)
-                        set_type(message, binary)
-                        set_data(message, buf[pos + 2 : stop])
-                        append(message)
-                        count += 1
-                        pos = stop
-                        continue
-                elif length == 126 and fast_max >= 0 and (first == 0x81 or first == 0x82):
-                    # A 16-bit length (126..65535 bytes): as common as small frames, and
-                    # as simple, once its two length bytes are read.
-                    start = pos + 4
-                    if start > end:
-                        need = 4
-                        break
-                    length = (buf[pos + 2] << 8) | buf[pos + 3]
-                    if length <= fast_max16:
-                        stop = start + length
-                        if stop > end:
-                            need = stop - pos
-                            break
-                        message = new(Message)
+            while True:
+                # The fast path takes small frames only while no fragmented message is open.
+                fast_max = -1 if self._frag_opcode else self._fast_max
+                # A counted loop: cheaper per frame than comparing a count with limit.
+                for _ in range(limit - len(out)):
+                    # Past the end, indexing raises IndexError: cheaper than checking.
+                    first = buf[pos]
+                    length = buf[pos + 1]
+                    # One comparison sends masked frames (bit 7 set) and long ones to the
+                    # slow path; unfragmented small TEXT and BINARY frames are done inline.
+                    if length <= fast_max:
+                        stop = pos + 2 + length
                         if first == 0x81:
+                            if stop > end:
+                                need = stop - pos
+                                return None
+                            message = new(Message)
                             set_type(message, text)
-                            set_data(message, buf[start:stop].decode())
-                        else:
+                            set_data(message, buf[pos + 2 : stop].decode())
+                            append(message)
+                            pos = stop
+                            continue
+                        if first == 0x82:
+                            if stop > end:
+                                need = stop - pos
+                                return None
+                            message = new(Message)
                             set_type(message, binary)
-                            set_data(message, buf[start:stop])
-                        append(message)
-                        count += 1
-                        pos = stop
-                        continue
+                            set_data(message, buf[pos + 2 : stop])
+                            append(message)
+                            pos = stop
+                            continue
+                    elif length == 126 and fast_max >= 0 and (first == 0x81 or first == 0x82):
+                        # A 16-bit length (126..65535 bytes): as common as small frames,
+                        # and as simple, once its two length bytes are read.
+                        start = pos + 4
+                        if start > end:
+                            need = 4
+                            return None
+                        length = (buf[pos + 2] << 8) | buf[pos + 3]
+                        if length <= fast_max16:
+                            stop = start + length
+                            if stop > end:
+                                need = stop - pos
+                                return None
+                            message = new(Message)
+                            if first == 0x81:
+                                set_type(message, text)
+                                set_data(message, buf[start:stop].decode())
+                            else:
+                                set_type(message, binary)
+                                set_data(message, buf[start:stop])
+                            append(message)
+                            pos = stop
+                            continue
+                    break  # any other frame: the slow path, below
+                else:
+                    return None  # limit messages in out
                 stop, control = self._parse_frame(buf, pos, end, out)
                 if stop < 0:
                     need = -stop
-                    break
+                    return None
                 pos = stop
-                count = len(out)
-                fast_max = -1 if self._frag_opcode else self._fast_max
                 if control is not None:
                     return control
         except IndexError:

@@ -241,6 +241,14 @@ class SocketDriver:
         pass makes at most a bounded number of socket reads, so it may return ``[]``."""
         out: list[Message] = []
         with self._read_mutex:
+            # The common case first, as _read_into then _parse would do it: data frames
+            # already buffered, nothing to act on (a call per layer is a tenth of a batch).
+            protocol = self._protocol
+            if (protocol.state is State.OPEN and not self._torn_down
+                    and protocol.read_data(out, max_messages) and out):
+                if protocol._pongs or protocol._control:  # has_data_to_send(), inline
+                    self._kick()
+                return out
             self._read_into(out, max_messages, None, False)
         return out
 
